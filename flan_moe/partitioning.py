@@ -93,7 +93,7 @@ def make_mesh(
 @contextlib.contextmanager
 def axis_rules(mesh: Mesh, rules: LogicalRules | None = None) -> Iterator[None]:
     """Activate the mesh and logical rules so ``nn.with_logical_constraint`` applies."""
-    with mesh, nn.logical_axis_rules(rules or logical_axis_rules()):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules or logical_axis_rules()):
         yield
 
 
