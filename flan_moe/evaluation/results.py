@@ -1,0 +1,679 @@
+"""Evaluation results: per-subtask counts, the paper's averages, results.json and predictions.
+
+Pure Python (no TensorFlow, SeqIO, gin or JAX).
+
+results.json (one file per checkpoint directory or per MODEL_DIR; both work, because every
+entry names its checkpoint)::
+
+    {
+      "schema_version": 1,
+      "entries": [                         # sorted by key; one per key
+        {
+          # --- the key: a sweep skips a (checkpoint, suite, mode, shots, method, subsample)
+          #     that is already here (`has_entry`) unless forced
+          "checkpoint": "checkpoint_2000", # whatever id the evaluator uses (dir name or step)
+          "suite": "mmlu",                 # suite name as given on the command line
+          "mode": "direct",                # "direct" | "cot"
+          "shots": 5,                      # int
+          "method": "generation",          # e.g. "generation", "scoring", "scoring_len_norm",
+                                           #      "baseline_constant", "baseline_random"
+          "subsample": null,               # null = every example; k = k examples per subtask
+          # --- data
+          "family": "mmlu",                # "mmlu" | "bbh" | "gsm8k" | "svamp" | other
+          "split": "val",                  # or null
+          "created": "2025-01-01T00:00:00Z",
+          "predictions_file": "predictions/mmlu.direct.5shot.generation.jsonl",  # or null
+          "metadata": {...},               # free-form: decode settings, seed, timings
+          "subtasks": {                    # one per MMLU subject / BBH file / dataset
+            "abstract_algebra": {"correct": 3, "total": 11, "no_answer": 1,
+                                 "accuracy": 0.2727...}          # null when total == 0
+          },
+          "summary": {                     # recomputed from "subtasks" by `summarize`
+            "num_subtasks": 57, "num_examples": 1531, "num_correct": 400, "num_no_answer": 2,
+            "micro_avg": 0.26,             # correct / examples, over all questions
+            "macro_avg": 0.25,             # mean of subtask accuracies
+            "missing_subtasks": [],        # MMLU/BBH: expected subtasks with no result
+            # MMLU only: per category (STEM, humanities, social sciences, other)
+            "categories": {"STEM": {"macro_avg": .., "micro_avg": .., "num_subtasks": 18,
+                                    "num_examples": ..}, ...},
+            # BBH only: macro over the 27 files (== macro_avg) and over the 23 tasks, where
+            # the three logical_deduction_* files form one task and the three
+            # tracking_shuffled_objects_* files another (a task's accuracy is the mean of its
+            # files' accuracies)
+            "macro_avg_files": .., "macro_avg_tasks": .., "tasks": {"logical_deduction": ..}
+          }
+        }
+      ]
+    }
+
+A value that could not be computed (no examples, no subtask) is null or absent, never 0.
+Writes are atomic: a temporary file in the same directory, fsync, then `os.replace`; a crash
+mid-write leaves the previous file intact. Two processes updating the same results.json at the
+same moment are not coordinated (run one sweep per MODEL_DIR).
+
+Per-example predictions are JSONL, one `PredictionRecord` per line: example_id, task, output
+(the raw model text, or the predicted option for scoring), extracted, answer, correct, extra.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from flan_moe.evaluation import metrics
+
+SCHEMA_VERSION = 1
+
+# ------------------------------------------------------------------------- MMLU categories
+
+MMLU_CATEGORY_NAMES = ("STEM", "humanities", "social sciences", "other")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """A whitespace-separated list of names as a tuple."""
+    return tuple(text.split())
+
+
+# Subjects per category (the 4 groups of the MMLU paper's categories).
+_MMLU_SUBJECTS_BY_CATEGORY: dict[str, tuple[str, ...]] = {
+    "STEM": _names(
+        """
+        abstract_algebra astronomy college_biology college_chemistry college_computer_science
+        college_mathematics college_physics computer_security conceptual_physics
+        electrical_engineering elementary_mathematics high_school_biology high_school_chemistry
+        high_school_computer_science high_school_mathematics high_school_physics
+        high_school_statistics machine_learning
+        """
+    ),
+    "humanities": _names(
+        """
+        formal_logic high_school_european_history high_school_us_history
+        high_school_world_history international_law jurisprudence logical_fallacies
+        moral_disputes moral_scenarios philosophy prehistory professional_law world_religions
+        """
+    ),
+    "social sciences": _names(
+        """
+        econometrics high_school_geography high_school_government_and_politics
+        high_school_macroeconomics high_school_microeconomics high_school_psychology
+        human_sexuality professional_psychology public_relations security_studies sociology
+        us_foreign_policy
+        """
+    ),
+    "other": _names(
+        """
+        anatomy business_ethics clinical_knowledge college_medicine global_facts human_aging
+        management marketing medical_genetics miscellaneous nutrition professional_accounting
+        professional_medicine virology
+        """
+    ),
+}
+
+#: The 57 MMLU subjects -> their category (the 4 groups of the MMLU paper's categories).
+MMLU_CATEGORIES: dict[str, str] = {
+    subject: category
+    for category, subjects in _MMLU_SUBJECTS_BY_CATEGORY.items()
+    for subject in subjects
+}
+
+# ---------------------------------------------------------------------------- BBH tasks
+
+#: BBH files whose tasks come in 3 sizes; each group counts as ONE task in the 23-task average.
+BBH_TASK_GROUPS: dict[str, tuple[str, ...]] = {
+    "logical_deduction": (
+        "logical_deduction_three_objects",
+        "logical_deduction_five_objects",
+        "logical_deduction_seven_objects",
+    ),
+    "tracking_shuffled_objects": (
+        "tracking_shuffled_objects_three_objects",
+        "tracking_shuffled_objects_five_objects",
+        "tracking_shuffled_objects_seven_objects",
+    ),
+}
+
+#: The 27 BBH files (bbh/bbh/<name>.json).
+BBH_FILES: tuple[str, ...] = (
+    "boolean_expressions",
+    "causal_judgement",
+    "date_understanding",
+    "disambiguation_qa",
+    "dyck_languages",
+    "formal_fallacies",
+    "geometric_shapes",
+    "hyperbaton",
+    *BBH_TASK_GROUPS["logical_deduction"],
+    "movie_recommendation",
+    "multistep_arithmetic_two",
+    "navigate",
+    "object_counting",
+    "penguins_in_a_table",
+    "reasoning_about_colored_objects",
+    "ruin_names",
+    "salient_translation_error_detection",
+    "snarks",
+    "sports_understanding",
+    "temporal_sequences",
+    *BBH_TASK_GROUPS["tracking_shuffled_objects"],
+    "web_of_lies",
+    "word_sorting",
+)
+
+_BBH_FILE_TO_TASK = {name: task for task, names in BBH_TASK_GROUPS.items() for name in names}
+
+
+def bbh_task_of(file_name: str) -> str:
+    """The BBH task (of 23) a file (of 27) belongs to: "logical_deduction_five_objects" ->
+    "logical_deduction"; every other file is its own task."""
+    if file_name not in BBH_FILES:
+        raise ValueError(f"{file_name!r} is not one of the 27 BBH files (see BBH_FILES)")
+    return _BBH_FILE_TO_TASK.get(file_name, file_name)
+
+
+BBH_TASKS: tuple[str, ...] = tuple(dict.fromkeys(bbh_task_of(name) for name in BBH_FILES))
+
+_EXPECTED_SUBTASKS: dict[str, tuple[str, ...]] = {
+    "mmlu": tuple(MMLU_CATEGORIES),
+    "bbh": BBH_FILES,
+}
+
+
+def suite_family(suite: str) -> str:
+    """The family of a suite name: "mmlu", "mmlu_test", "mmlu:val" -> "mmlu"; "bbh_cot" ->
+    "bbh"; "gsm8k" -> "gsm8k"; an unknown name is its own family (generic summary)."""
+    for family in ("mmlu", "bbh", "gsm8k", "svamp"):
+        if suite == family or (suite.startswith(family) and suite[len(family)] in "_:-./"):
+            return family
+    return suite
+
+
+# ---------------------------------------------------------------------------- records
+
+
+@dataclasses.dataclass(frozen=True)
+class SubtaskResult:
+    """Counts for one subtask; `no_answer` counts outputs with no extractable answer."""
+
+    correct: int
+    total: int
+    no_answer: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.correct <= self.total or not 0 <= self.no_answer <= self.total:
+            raise ValueError(
+                f"inconsistent subtask counts: correct={self.correct}, "
+                f"no_answer={self.no_answer}, total={self.total}"
+            )
+
+    @property
+    def accuracy(self) -> float | None:
+        return None if self.total == 0 else self.correct / self.total
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "correct": self.correct,
+            "total": self.total,
+            "no_answer": self.no_answer,
+            "accuracy": self.accuracy,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SubtaskResult:
+        return cls(int(data["correct"]), int(data["total"]), int(data.get("no_answer", 0)))
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictionRecord:
+    """One evaluated example, as written to the predictions JSONL."""
+
+    example_id: str
+    task: str
+    output: str | None
+    extracted: str | None
+    answer: str
+    correct: bool
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class EvalExampleLike(Protocol):
+    """The fields of `flan_moe.data.heldout.EvalExample` that grading and baselines read.
+
+    ``task`` is the suite ("mmlu", "bbh", "gsm8k", "svamp"), ``subtask`` the MMLU subject /
+    BBH file stem / suite name, ``answer`` the gold answer as compared, ``options`` the strings
+    a rank-classification scorer compares (MMLU: "A".."D"; empty when not multiple choice) and
+    ``choices`` the option texts (MMLU).
+    """
+
+    @property
+    def task(self) -> str: ...
+    @property
+    def subtask(self) -> str: ...
+    @property
+    def inputs(self) -> str: ...
+    @property
+    def answer(self) -> str: ...
+    @property
+    def options(self) -> tuple[str, ...]: ...
+    @property
+    def choices(self) -> tuple[str, ...]: ...
+    @property
+    def example_id(self) -> str: ...
+
+
+def grade_examples(
+    examples: Sequence[EvalExampleLike],
+    outputs: Sequence[str | None],
+    *,
+    cot: bool,
+    answer_format: metrics.AnswerFormat | None = None,
+) -> list[PredictionRecord]:
+    """Grades one output per example (`metrics.grade_output`) into prediction records.
+
+    The answer format comes from the example's suite (`metrics.ANSWER_FORMATS`, via
+    `suite_family(example.task)`) unless given. For "choice", the option texts are the
+    example's ``choices`` (or its ``options`` when it has no ``choices``).
+    """
+    if len(examples) != len(outputs):
+        raise ValueError(f"{len(examples)} examples but {len(outputs)} outputs")
+    records = []
+    for example, output in zip(examples, outputs):
+        fmt = answer_format or metrics.ANSWER_FORMATS.get(suite_family(example.task))
+        if fmt is None:
+            raise ValueError(
+                f"no answer format known for suite {example.task!r}; pass answer_format "
+                f"(one of 'exact', 'choice', 'number')"
+            )
+        choices = tuple(getattr(example, "choices", ()) or getattr(example, "options", ()))
+        graded = metrics.grade_output(
+            output, answer=example.answer, answer_format=fmt, choices=choices, cot=cot
+        )
+        records.append(
+            PredictionRecord(
+                example_id=example.example_id,
+                task=getattr(example, "subtask", "") or example.task,
+                output=output,
+                extracted=graded.extracted,
+                answer=example.answer,
+                correct=graded.correct,
+            )
+        )
+    return records
+
+
+def tally(records: Iterable[PredictionRecord]) -> dict[str, SubtaskResult]:
+    """Per-task counts from graded records (no_answer = records whose `extracted` is None)."""
+    counts: dict[str, list[int]] = {}
+    for record in records:
+        c = counts.setdefault(record.task, [0, 0, 0])
+        c[0] += bool(record.correct)
+        c[1] += 1
+        c[2] += record.extracted is None
+    return {task: SubtaskResult(*c) for task, c in sorted(counts.items())}
+
+
+# --------------------------------------------------------------------------- averages
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _group_summary(subtasks: Mapping[str, SubtaskResult]) -> dict[str, Any]:
+    accs = [r.accuracy for r in subtasks.values() if r.accuracy is not None]
+    total = sum(r.total for r in subtasks.values())
+    correct = sum(r.correct for r in subtasks.values())
+    return {
+        "num_subtasks": len(accs),
+        "num_examples": total,
+        "macro_avg": _mean(accs),
+        "micro_avg": correct / total if total else None,
+    }
+
+
+def _canonical_subtask(family: str, name: str) -> str:
+    expected = _EXPECTED_SUBTASKS[family]
+    if name in expected:
+        return name
+    for sep in ":_/.-":
+        prefix = family + sep
+        if name.startswith(prefix) and name[len(prefix) :] in expected:
+            return name[len(prefix) :]
+    known = "MMLU_CATEGORIES" if family == "mmlu" else "BBH_FILES"
+    raise ValueError(
+        f"subtask {name!r} is not a known {family} subtask; use the bare subject/file name "
+        f"as in {known} (e.g. {expected[0]!r})"
+    )
+
+
+def summarize(family: str, subtasks: Mapping[str, SubtaskResult]) -> dict[str, Any]:
+    """The averages of one suite run (layout in the module docstring).
+
+    Every family: micro_avg (over questions), macro_avg (over subtasks with examples),
+    counts. "mmlu": per-category macro/micro averages and the missing subjects of the 57.
+    "bbh": macro over files (27) and over tasks (23) and the missing files. A subtask with no
+    examples contributes nothing (its accuracy is missing, not 0).
+    """
+    if family in _EXPECTED_SUBTASKS:
+        subtasks = {_canonical_subtask(family, name): r for name, r in subtasks.items()}
+    summary = _group_summary(subtasks)
+    summary["num_correct"] = sum(r.correct for r in subtasks.values())
+    summary["num_no_answer"] = sum(r.no_answer for r in subtasks.values())
+    if family in _EXPECTED_SUBTASKS:
+        present = {n for n, r in subtasks.items() if r.total > 0}
+        summary["missing_subtasks"] = [n for n in _EXPECTED_SUBTASKS[family] if n not in present]
+    if family == "mmlu":
+        summary["categories"] = {
+            category: _group_summary(
+                {n: r for n, r in subtasks.items() if MMLU_CATEGORIES[n] == category}
+            )
+            for category in MMLU_CATEGORY_NAMES
+        }
+    elif family == "bbh":
+        task_accs: dict[str, list[float]] = {}
+        for name, result in subtasks.items():
+            if result.accuracy is not None:
+                task_accs.setdefault(bbh_task_of(name), []).append(result.accuracy)
+        tasks = {task: _mean(task_accs[task]) for task in BBH_TASKS if task in task_accs}
+        summary["macro_avg_files"] = summary["macro_avg"]
+        summary["macro_avg_tasks"] = _mean(list(tasks.values()))
+        summary["tasks"] = tasks
+    return summary
+
+
+# ----------------------------------------------------------------------------- entries
+
+
+@dataclasses.dataclass(frozen=True)
+class EntryKey:
+    """What identifies one evaluation; a sweep skips keys already in results.json."""
+
+    checkpoint: str
+    suite: str
+    mode: str
+    shots: int
+    method: str
+    subsample: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalEntry:
+    """One (checkpoint, suite, mode, shots, method, subsample) result; see module docstring."""
+
+    checkpoint: str
+    suite: str
+    mode: str
+    shots: int
+    method: str
+    subtasks: Mapping[str, SubtaskResult]
+    subsample: int | None = None
+    family: str = ""
+    split: str | None = None
+    created: str = ""
+    predictions_file: str | None = None
+    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def key(self) -> EntryKey:
+        return EntryKey(
+            self.checkpoint, self.suite, self.mode, self.shots, self.method, self.subsample
+        )
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return summarize(self.family or suite_family(self.suite), self.subtasks)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "checkpoint": self.checkpoint,
+            "suite": self.suite,
+            "mode": self.mode,
+            "shots": self.shots,
+            "method": self.method,
+            "subsample": self.subsample,
+            "family": self.family or suite_family(self.suite),
+            "split": self.split,
+            "created": self.created,
+            "predictions_file": self.predictions_file,
+            "metadata": dict(self.metadata),
+            "subtasks": {name: r.to_json() for name, r in sorted(self.subtasks.items())},
+            "summary": self.summary,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EvalEntry:
+        return cls(
+            checkpoint=str(data["checkpoint"]),
+            suite=str(data["suite"]),
+            mode=str(data["mode"]),
+            shots=int(data["shots"]),
+            method=str(data["method"]),
+            subsample=None if data.get("subsample") is None else int(data["subsample"]),
+            family=str(data.get("family") or ""),
+            split=data.get("split"),
+            created=str(data.get("created", "")),
+            predictions_file=data.get("predictions_file"),
+            metadata=dict(data.get("metadata") or {}),
+            subtasks={n: SubtaskResult.from_json(r) for n, r in data["subtasks"].items()},
+        )
+
+
+def make_entry(
+    *,
+    checkpoint: str,
+    suite: str,
+    mode: str,
+    shots: int,
+    method: str,
+    subtasks: Mapping[str, SubtaskResult],
+    subsample: int | None = None,
+    family: str | None = None,
+    split: str | None = None,
+    predictions_file: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> EvalEntry:
+    """Builds an entry stamped with the current UTC time; checks the subtask names now."""
+    family = family or suite_family(suite)
+    if mode not in ("direct", "cot"):
+        raise ValueError(f"mode must be 'direct' or 'cot', got {mode!r}")
+    if shots < 0:
+        raise ValueError(f"shots must be >= 0, got {shots}")
+    if family in _EXPECTED_SUBTASKS:
+        canonical = {_canonical_subtask(family, name): r for name, r in subtasks.items()}
+        if len(canonical) != len(subtasks):
+            raise ValueError(f"two subtask names map to the same {family} subtask: {subtasks}")
+        subtasks = canonical
+    created = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return EvalEntry(
+        checkpoint=checkpoint,
+        suite=suite,
+        mode=mode,
+        shots=shots,
+        method=method,
+        subtasks=dict(subtasks),
+        subsample=subsample,
+        family=family,
+        split=split,
+        created=created,
+        predictions_file=predictions_file,
+        metadata=dict(metadata or {}),
+    )
+
+
+def _sort_key(entry: EvalEntry) -> tuple[Any, ...]:
+    k = entry.key
+    return (k.checkpoint, k.suite, k.mode, k.shots, k.method, k.subsample is not None, k.subsample)
+
+
+def merge_entries(existing: Iterable[EvalEntry], new: Iterable[EvalEntry]) -> list[EvalEntry]:
+    """Union of two entry lists; for a key in both, the entry from `new` wins."""
+    merged = {entry.key: entry for entry in existing}
+    merged.update((entry.key, entry) for entry in new)
+    return sorted(merged.values(), key=_sort_key)
+
+
+def find_entry(entries: Iterable[EvalEntry], key: EntryKey) -> EvalEntry | None:
+    """The entry with this key, or None."""
+    return next((entry for entry in entries if entry.key == key), None)
+
+
+def has_entry(results: str | os.PathLike[str] | Iterable[EvalEntry], key: EntryKey) -> bool:
+    """Whether results (a results.json path, possibly absent, or entries) hold this key."""
+    entries = read_results(results) if isinstance(results, str | os.PathLike) else results
+    return find_entry(entries, key) is not None
+
+
+# ----------------------------------------------------------------------------------- files
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"refusing to write non-finite number {value} into results")
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def read_results(path: str | os.PathLike[str]) -> list[EvalEntry]:
+    """Entries of a results.json; an absent file has none. A bad file raises ValueError."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"schema_version {version!r}, this code reads {SCHEMA_VERSION}")
+        return [EvalEntry.from_json(item) for item in data["entries"]]
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(
+            f"cannot read results file {path}: {err}. Restore it, or move it aside to start a "
+            "fresh one (evaluations in it would then be redone)"
+        ) from err
+
+
+def write_results(path: str | os.PathLike[str], entries: Iterable[EvalEntry]) -> None:
+    """Writes results.json atomically (entries sorted by key, duplicates rejected)."""
+    entries = list(entries)
+    if len({e.key for e in entries}) != len(entries):
+        raise ValueError("duplicate entry keys; combine them with merge_entries first")
+    payload = {
+        "schema_version": SCHEMA_VERSION,
+        "entries": [e.to_json() for e in sorted(entries, key=_sort_key)],
+    }
+    _atomic_write_text(Path(path), json.dumps(_json_safe(payload), indent=2) + "\n")
+
+
+def update_results(
+    path: str | os.PathLike[str], new_entries: Iterable[EvalEntry]
+) -> list[EvalEntry]:
+    """Merges `new_entries` into the results.json at `path` (created if absent); returns all."""
+    merged = merge_entries(read_results(path), new_entries)
+    write_results(path, merged)
+    return merged
+
+
+def write_predictions_jsonl(
+    path: str | os.PathLike[str], records: Iterable[PredictionRecord]
+) -> int:
+    """Writes one JSON object per record, atomically; returns the number written."""
+    lines = [
+        json.dumps(_json_safe(dataclasses.asdict(record)), ensure_ascii=False) for record in records
+    ]
+    _atomic_write_text(Path(path), "".join(line + "\n" for line in lines))
+    return len(lines)
+
+
+def read_predictions_jsonl(path: str | os.PathLike[str]) -> list[PredictionRecord]:
+    """Reads a predictions JSONL written by `write_predictions_jsonl`."""
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(PredictionRecord(**json.loads(line)))
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"{path}:{line_no}: not a prediction record: {err}") from err
+    return records
+
+
+# ----------------------------------------------------------------------------------- table
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+_TABLE_COLUMNS = (
+    "checkpoint",
+    "suite",
+    "mode",
+    "shots",
+    "method",
+    "n",
+    "macro",
+    "micro",
+    "bbh23",
+    "STEM",
+    "hum",
+    "soc",
+    "other",
+    "no_ans",
+)
+
+
+def format_table(entries: Iterable[EvalEntry]) -> str:
+    """A plain-text table, one row per entry, accuracies in percent; '-' marks missing.
+
+    macro/micro: averages over subtasks/questions; bbh23: BBH over its 23 tasks (macro is
+    over the 27 files); STEM/hum/soc/other: MMLU category macro averages; n: examples
+    (with "/k" when subsampled to k per subtask); no_ans: outputs without an answer.
+    """
+    rows = [list(_TABLE_COLUMNS)]
+    for entry in sorted(entries, key=_sort_key):
+        s = entry.summary
+        cats = s.get("categories", {})
+        n = str(s["num_examples"]) + ("" if entry.subsample is None else f"/{entry.subsample}")
+        rows.append(
+            [
+                entry.checkpoint,
+                entry.suite,
+                entry.mode,
+                str(entry.shots),
+                entry.method,
+                n,
+                _pct(s["macro_avg"]),
+                _pct(s["micro_avg"]),
+                _pct(s.get("macro_avg_tasks")),
+                *(_pct(cats.get(c, {}).get("macro_avg")) for c in MMLU_CATEGORY_NAMES),
+                str(s["num_no_answer"]),
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_TABLE_COLUMNS))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
