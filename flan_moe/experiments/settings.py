@@ -1,0 +1,303 @@
+"""The paper's three settings and its ablations, as data: which models, which stages.
+
+An ``Experiment`` lists ``ModelRun``s (a label, a model gin file, extra gin bindings
+for its training stages, and attributes the figures group by) and the stages every
+run goes through:
+
+* setting 1 (``setting1_direct_finetune``): finetune -> evaluate (MoE->FT vs T5->FT);
+* setting 2 (``setting2_instruction_tuning``): instruction-tune -> evaluate held-out
+  MMLU / BBH zero- and few-shot (Flan-MoE vs Flan-T5);
+* setting 3 (``setting3_instruction_then_finetune``): instruction-tune -> finetune ->
+  evaluate (Flan-MoE->FT vs Flan-T5->FT);
+* ablations (instruction-tune -> evaluate, one varied knob): routing, number of
+  experts, freezing, auxiliary losses, data efficiency, expert dropout.
+
+``Scale`` turns an experiment into concrete sizes, lengths and steps: ``tiny`` (CPU
+minutes), ``small``, ``base``, ``paper`` (the paper's lengths 2048/512, batch 32 and
+the base-size models). Model *roles* (``dense``, ``switch``, ``gs``, ``ec``, ``st``,
+``switch_e{N}``) map to a model gin file per scale, so the same experiment runs at
+every scale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    name: str
+    models: Mapping[str, str]  # role -> model gin file stem in gin_configs/models/
+    instruction_tune_steps: int
+    finetune_steps: int
+    batch_size: int
+    feature_lengths: Mapping[str, int]
+    eval_subsample: int | None  # examples per subtask; None = all
+    few_shot: int  # k for MMLU (BBH always uses its 3 exemplars)
+    max_decode_length: int
+    eval_batch_size: int
+
+
+def _roles(dense: str, switch: str, gs: str, ec: str, st: str, experts: Mapping[int, str]):
+    roles = {"dense": dense, "switch": switch, "gs": gs, "ec": ec, "st": st}
+    roles.update({f"switch_e{n}": name for n, name in experts.items()})
+    return roles
+
+
+SCALES: dict[str, Scale] = {
+    "tiny": Scale(
+        name="tiny",
+        models=_roles(
+            "switch_tiny_dense", "switch_tiny_8", "gs_tiny", "ec_tiny", "st_moe_tiny",
+            {4: "switch_tiny_4", 8: "switch_tiny_8", 16: "switch_tiny_16"},
+        ),
+        instruction_tune_steps=40,
+        finetune_steps=20,
+        batch_size=8,
+        feature_lengths={"inputs": 256, "targets": 64},
+        eval_subsample=2,
+        few_shot=5,
+        max_decode_length=24,
+        eval_batch_size=16,
+    ),
+    "small": Scale(
+        name="small",
+        models=_roles(
+            "t5_1_1_small", "switch_small_8", "gs_small", "ec_small", "st_moe_small",
+            {8: "switch_small_8", 16: "switch_small_16", 32: "switch_small_32"},
+        ),
+        instruction_tune_steps=2000,
+        finetune_steps=500,
+        batch_size=32,
+        feature_lengths={"inputs": 512, "targets": 128},
+        eval_subsample=20,
+        few_shot=5,
+        max_decode_length=128,
+        eval_batch_size=32,
+    ),
+    "base": Scale(
+        name="base",
+        models=_roles(
+            "switch_base_dense", "switch_base_8", "gs_base", "ec_base", "st_moe_base",
+            {8: "switch_base_8", 16: "switch_base_16", 32: "switch_base_32",
+             64: "switch_base_64", 128: "switch_base_128"},
+        ),
+        instruction_tune_steps=20000,
+        finetune_steps=2000,
+        batch_size=32,
+        feature_lengths={"inputs": 1024, "targets": 256},
+        eval_subsample=None,
+        few_shot=5,
+        max_decode_length=256,
+        eval_batch_size=64,
+    ),
+    "paper": Scale(
+        name="paper",
+        models=_roles(
+            "switch_base_dense", "switch_base_32", "gs_base", "ec_base", "st_moe_base",
+            {8: "switch_base_8", 16: "switch_base_16", 32: "switch_base_32",
+             64: "switch_base_64", 128: "switch_base_128", 256: "switch_base_256"},
+        ),
+        instruction_tune_steps=100000,
+        finetune_steps=10000,
+        batch_size=32,
+        feature_lengths={"inputs": 2048, "targets": 512},
+        eval_subsample=None,
+        few_shot=5,
+        max_decode_length=512,
+        eval_batch_size=64,
+    ),
+}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRun:
+    label: str
+    role: str  # resolved to a model gin file by the scale
+    bindings: tuple[tuple[str, Any], ...] = ()  # extra gin macros for its training stages
+    attributes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    name: str
+    title: str
+    paper_result: str
+    runs: tuple[ModelRun, ...]
+    instruction_tune: bool = True
+    finetune: bool = False
+    eval_modes: tuple[str, ...] = ("direct", "cot")
+    eval_suites: tuple[str, ...] = ("mmlu", "bbh")
+    baseline: str | None = None  # the ablation's reference row
+    figures: tuple[str, ...] = ()
+
+
+# Single-task finetuning (settings 1 and 3): GSM8K's chain-of-thought training data,
+# evaluated held-out on the GSM8K test set and SVAMP.
+FINETUNE_TASK = "flan_cot_gsm8k"
+FINETUNE_EVAL_SUITES = ("gsm8k", "svamp")
+INSTRUCTION_MIXTURE = "flan_local"
+
+_PAIR = (
+    ModelRun("Flan-T5 (dense)", "dense", attributes={"family": "dense", "num_experts": 1}),
+    ModelRun("Flan-Switch", "switch", attributes={"family": "moe", "num_experts": 8}),
+)
+
+
+def _setting1() -> Experiment:
+    return Experiment(
+        name="setting1_direct_finetune",
+        title="Setting 1: single-task finetuning without instruction tuning",
+        paper_result="Flan-MoE Fig. 1 / Table 1, 'MoE->FT vs T5->FT'",
+        runs=tuple(
+            dataclasses.replace(r, label=r.label.replace("Flan-", "") + " -> FT",
+                                attributes={**r.attributes, "instruction_tuned": False})
+            for r in _PAIR
+        ),
+        instruction_tune=False,
+        finetune=True,
+        eval_modes=("cot",),
+        eval_suites=FINETUNE_EVAL_SUITES,
+        figures=("finetune_with_without_it",),
+    )  # fmt: skip
+
+
+def _setting2() -> Experiment:
+    return Experiment(
+        name="setting2_instruction_tuning",
+        title="Setting 2: instruction tuning, then held-out zero/few-shot evaluation",
+        paper_result="Flan-MoE Table 1 (MMLU-Direct/CoT, BBH-Direct/CoT) and Fig. 1",
+        runs=tuple(
+            dataclasses.replace(r, attributes={**r.attributes, "instruction_tuned": True})
+            for r in _PAIR
+        ),
+        figures=("instruction_tuning_gain",),
+    )
+
+
+def _setting3() -> Experiment:
+    return Experiment(
+        name="setting3_instruction_then_finetune",
+        title="Setting 3: instruction tuning, then single-task finetuning",
+        paper_result="Flan-MoE Fig. 1, 'Flan-MoE->FT vs Flan-T5->FT'",
+        runs=tuple(
+            dataclasses.replace(r, label=r.label + " -> FT",
+                                attributes={**r.attributes, "instruction_tuned": True})
+            for r in _PAIR
+        ),
+        finetune=True,
+        eval_modes=("cot",),
+        eval_suites=FINETUNE_EVAL_SUITES,
+        figures=("finetune_with_without_it",),
+    )  # fmt: skip
+
+
+def _ablation(name: str, title: str, paper: str, runs: tuple[ModelRun, ...], **kw) -> Experiment:
+    return Experiment(name=name, title=title, paper_result=paper, runs=runs,
+                      baseline=runs[0].label, **kw)  # fmt: skip
+
+
+def _routing() -> Experiment:
+    return _ablation(
+        "ablation_routing", "Ablation: routing strategy",
+        "Flan-MoE Table 1 rows FLAN-Switch / FLAN-GS / FLAN-EC / FLAN-ST",
+        (ModelRun("Flan-Switch (top-1)", "switch"), ModelRun("Flan-GS (top-2)", "gs"),
+         ModelRun("Flan-EC (expert choice)", "ec"), ModelRun("Flan-ST (top-2 + z-loss)", "st")),
+    )  # fmt: skip
+
+
+def _num_experts() -> Experiment:
+    runs = [ModelRun("dense (1 expert)", "dense", attributes={"num_experts": 1})]
+    for n in (4, 8, 16):
+        runs.append(ModelRun(f"Switch {n} experts", f"switch_e{n}", attributes={"num_experts": n}))
+    return _ablation(
+        "ablation_num_experts", "Ablation: number of experts at fixed active compute",
+        "Flan-MoE Fig. 4 (expert-count scaling)", tuple(runs), figures=("expert_scaling",),
+    )  # fmt: skip
+
+
+def _freeze() -> Experiment:
+    runs = tuple(
+        ModelRun(label, "switch", bindings=(("FREEZE", value),), attributes={"freeze": value})
+        for label, value in (("train all", "none"), ("freeze gate", "gate"),
+                             ("freeze expert", "expert"), ("freeze MoE", "moe"))
+    )  # fmt: skip
+    return _ablation(
+        "ablation_freeze", "Ablation: freezing during instruction tuning",
+        "Flan-MoE Table 3 (freeze-gate / freeze-expert / freeze-MoE)", runs,
+    )  # fmt: skip
+
+
+def _losses() -> Experiment:
+    runs = (
+        ModelRun("aux 0.01, z 0", "switch"),
+        ModelRun("no aux loss", "switch",
+                 bindings=(("MODEL_OVERRIDES", {"moe.aux_loss_coef": 0.0}),)),
+        ModelRun("aux 0.01, z 0.001", "switch",
+                 bindings=(("MODEL_OVERRIDES", {"moe.router_z_loss_coef": 0.001}),)),
+    )  # fmt: skip
+    return _ablation(
+        "ablation_losses", "Ablation: auxiliary load-balancing and router z-loss",
+        "Flan-MoE Table 3 (auxiliary loss on/off)", runs,
+    )  # fmt: skip
+
+
+def _expert_dropout() -> Experiment:
+    runs = tuple(
+        ModelRun(f"expert dropout {rate}", "switch",
+                 bindings=(("MODEL_OVERRIDES", {"moe.expert_dropout_rate": rate}),),
+                 attributes={"expert_dropout": rate})
+        for rate in (0.2, 0.0, 0.1)
+    )  # fmt: skip
+    return _ablation(
+        "ablation_expert_dropout", "Ablation: dropout inside the experts",
+        "Flan-MoE Sec. 4 (expert dropout 0.2)", runs,
+    )  # fmt: skip
+
+
+def _data_efficiency() -> Experiment:
+    runs = []
+    for fraction in (1.0, 0.5, 0.25):
+        for role, family in (("switch", "moe"), ("dense", "dense")):
+            runs.append(
+                ModelRun(f"{family} {int(fraction * 100)}% of examples", role,
+                         bindings=(("STEP_FRACTION", fraction),),
+                         attributes={"family": family, "data_fraction": fraction})
+            )  # fmt: skip
+    return _ablation(
+        "ablation_data_efficiency", "Ablation: instruction-tuning data efficiency",
+        "Flan-MoE Fig. 5 (fraction of instruction-tuning examples)", tuple(runs),
+        figures=("data_efficiency",),
+    )  # fmt: skip
+
+
+EXPERIMENTS: dict[str, Callable[[], Experiment]] = {
+    "setting1_direct_finetune": _setting1,
+    "setting2_instruction_tuning": _setting2,
+    "setting3_instruction_then_finetune": _setting3,
+    "ablation_routing": _routing,
+    "ablation_num_experts": _num_experts,
+    "ablation_freeze": _freeze,
+    "ablation_losses": _losses,
+    "ablation_expert_dropout": _expert_dropout,
+    "ablation_data_efficiency": _data_efficiency,
+}
+ALIASES = {"setting1": "setting1_direct_finetune", "setting2": "setting2_instruction_tuning",
+           "setting3": "setting3_instruction_then_finetune"}  # fmt: skip
+
+
+def get_experiment(name: str) -> Experiment:
+    name = ALIASES.get(name, name)
+    if name not in EXPERIMENTS:
+        raise KeyError(
+            f"unknown experiment {name!r}; known: {sorted(EXPERIMENTS)} (aliases {sorted(ALIASES)})"
+        )
+    return EXPERIMENTS[name]()
+
+
+def get_scale(name: str) -> Scale:
+    if name not in SCALES:
+        raise KeyError(f"unknown scale {name!r}; known: {sorted(SCALES)}")
+    return SCALES[name]

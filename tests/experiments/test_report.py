@@ -1,0 +1,119 @@
+"""Tables hold exactly the results.json values; missing stays missing; the report renders."""
+
+import csv
+import html.parser
+import json
+
+import pytest
+
+from flan_moe.evaluation import results as R
+from flan_moe.experiments import figures, report
+from flan_moe.experiments.settings import get_experiment
+
+
+def _write(path, entries):
+    R.write_results(path, entries)
+    return str(path)
+
+
+def _mmlu_entry(shots, mode, correct_per_subject):
+    subtasks = {s: R.SubtaskResult(correct=c, total=4) for s, c in correct_per_subject.items()}
+    return R.make_entry(checkpoint="ckpt_10", suite="mmlu", mode=mode, shots=shots,
+                        method="generation", subtasks=subtasks)  # fmt: skip
+
+
+def _bbh_entry(shots, mode, correct):
+    subtasks = {f: R.SubtaskResult(correct=correct, total=3) for f in R.BBH_FILES}
+    return R.make_entry(checkpoint="ckpt_10", suite="bbh", mode=mode, shots=shots,
+                        method="generation", subtasks=subtasks)  # fmt: skip
+
+
+@pytest.fixture()
+def runs(tmp_path):
+    subjects = sorted(R.MMLU_CATEGORIES)
+    # Run A: everything present. MMLU direct: 1 of 4 right in every subject -> 25.0;
+    # MMLU cot: 2/4 -> 50.0; BBH direct 1/3 -> 33.33; BBH cot 2/3 -> 66.67.
+    a = _write(tmp_path / "a.json", [
+        _mmlu_entry(0, "direct", {s: 1 for s in subjects}),
+        _mmlu_entry(0, "cot", {s: 2 for s in subjects}),
+        _bbh_entry(0, "direct", 1),
+        _bbh_entry(0, "cot", 2),
+    ])  # fmt: skip
+    # Run B: only MMLU direct (3/4 in half the subjects, 1/4 in the rest).
+    b = _write(tmp_path / "b.json", [
+        _mmlu_entry(0, "direct", {s: 3 if i % 2 == 0 else 1 for i, s in enumerate(subjects)})
+    ])  # fmt: skip
+    return [
+        report.Run("A", (a,), {"family": "moe", "num_experts": 8, "data_fraction": 1.0}),
+        report.Run("B", (b,), {"family": "dense", "num_experts": 1, "data_fraction": 0.5}),
+    ]
+
+
+def test_table_values_equal_results_json(runs):
+    table = report.results_table(runs, shots=0, title="t")
+    values = table.values()
+    assert values["A"]["MMLU-Direct"] == pytest.approx(25.0)
+    assert values["A"]["MMLU-CoT"] == pytest.approx(50.0)
+    assert values["A"]["BBH-Direct"] == pytest.approx(100 / 3)
+    assert values["A"]["BBH-CoT"] == pytest.approx(200 / 3)
+    assert values["A"]["Average"] == pytest.approx((25 + 50 + 100 / 3 + 200 / 3) / 4)
+    # B: 29 subjects at 75% and 28 at 25% -> macro average over 57 subjects.
+    assert values["B"]["MMLU-Direct"] == pytest.approx((29 * 75 + 28 * 25) / 57)
+    assert values["B"]["MMLU-CoT"] is None and values["B"]["Average"] is None
+    # The same numbers straight from the file:
+    entry = R.read_results(runs[1].results_files[0])[0]
+    assert values["B"]["MMLU-Direct"] == pytest.approx(100 * entry.summary["macro_avg"])
+    # Few-shot entries do not exist: all missing, never zero.
+    assert all(
+        v is None for v in report.results_table(runs, shots=5, title="t").values()["A"].values()
+    )
+
+
+def test_missing_is_shown_as_missing(runs):
+    table = report.results_table(runs, shots=0, title="t")
+    md = table.markdown()
+    row_b = next(line for line in md.splitlines() if line.startswith("| B |"))
+    assert row_b.count(report.MISSING) == 4  # MMLU-CoT, BBH x2, Average
+    rows = list(csv.reader(table.csv().splitlines()))
+    assert rows[2][0] == "B" and rows[2][2] == "" and rows[2][5] == ""
+    assert "0.0" not in row_b
+
+
+def test_ablation_deltas(runs):
+    table = report.ablation_table(runs, baseline="A", shots=0, title="t")
+    values = table.values()
+    assert values["A"][table.header[-1]] == pytest.approx(0.0)
+    assert values["B"][table.header[-1]] is None  # B's average is missing
+    with pytest.raises(ValueError, match="baseline"):
+        report.ablation_table(runs, baseline="nope", shots=0, title="t")
+
+
+class _Parser(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.images = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+
+@pytest.mark.parametrize("name", ["setting2", "ablation_num_experts", "ablation_data_efficiency"])
+def test_report_renders_with_figures(tmp_path, runs, name):
+    experiment = get_experiment(name)
+    out = tmp_path / "report"
+    out.mkdir()
+    figs = figures.draw(experiment, runs, out, few_shot=0)
+    assert figs, "every one of these experiments draws a figure"
+    tables = (report.results_table(runs, shots=0, title="held-out"),)
+    paths = report.write_report(report.Report("T", tables, tuple(figs), tuple(runs)), out)
+    parser = _Parser()
+    parser.feed(paths["report.html"].read_text())
+    assert parser.tags.count("table") == 1 and "figure" in parser.tags
+    for src in parser.images:
+        png = out / src
+        assert png.exists() and png.stat().st_size > 1000
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((out / "tables.json").read_text())
+    assert saved["held-out"]["A"]["MMLU-Direct"] == pytest.approx(25.0)
