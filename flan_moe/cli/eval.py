@@ -1,0 +1,360 @@
+"""Evaluate checkpoints on the held-out suites: ``python -m flan_moe.cli.eval ...``.
+
+Examples::
+
+    # every checkpoint of a run (a sweep), MMLU + BBH, direct, few-shot, 2 examples per subtask
+    FLAN_MOE_DATA_DIR=../shared/data python -m flan_moe.cli.eval \\
+        --checkpoint_dir=/tmp/x --suites=mmlu,bbh --mode=direct --shots=5 --subsample=2
+
+    # the latest checkpoint only, chain-of-thought, zero- and few-shot, beam search
+    python -m flan_moe.cli.eval --checkpoint_dir=/tmp/x --latest_only --suites=bbh \\
+        --mode=cot --shots=0,3 --decode=beam --beam_size=4
+
+    # rank classification over the answer options (direct mode), length-normalised
+    python -m flan_moe.cli.eval --checkpoint_dir=/tmp/x/checkpoint_2000 --suites=mmlu \\
+        --method=score --length_normalized
+
+    # model-free baselines through the same path (no checkpoint needed)
+    python -m flan_moe.cli.eval --baseline=random --output_dir=/tmp/baselines --suites=mmlu,bbh
+
+``--checkpoint_dir`` is a MODEL_DIR (every complete ``checkpoint_<step>``; ``--latest_only``
+or ``--steps`` narrow it) or one checkpoint directory. Results go to
+``<output_dir>/results.json`` (default output_dir: the MODEL_DIR holding the checkpoints), one
+entry per (checkpoint, suite, mode, shots, method, subsample); per-example predictions go to
+``<output_dir>/predictions/<checkpoint>/<suite>.<mode>.<shots>shot.<method>[.sub<k>].jsonl``.
+An entry already in results.json is skipped (and its checkpoint not even loaded) unless
+``--force``. ``--shots`` above a suite's exemplar count uses that count (BBH has 3), said on
+the console and recorded as the entry's shots. Prompts are fitted to the checkpoint's input
+length (``task_feature_lengths["inputs"]``, or ``--max_input_length``): exemplars are dropped
+first, then the prompt is cut from the left; both counts are printed and stored in the
+entry's ``metadata.truncation``. The table printed at the end has one row per entry.
+
+Parallelism: ``--data_parallel`` / ``--expert_parallel`` / ``--model_parallel`` set the mesh
+(one may be -1 = the remaining devices; default: all devices data-parallel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from flan_moe import decoding
+from flan_moe.evaluation import results
+
+SUITES = ("mmlu", "bbh", "gsm8k", "svamp")
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One thing to evaluate: a checkpoint (id + path) or a baseline (path None)."""
+
+    checkpoint: str
+    path: str | None
+    step: int | None = None
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m flan_moe.cli.eval",
+        description="Evaluate checkpoints (or a model-free baseline) on MMLU/BBH/GSM8K/SVAMP.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    where = p.add_argument_group("what to evaluate")
+    where.add_argument("--checkpoint_dir", help="a MODEL_DIR (sweep) or one checkpoint_<step> dir")
+    where.add_argument("--latest_only", action="store_true", help="only the latest checkpoint")
+    where.add_argument("--steps", default="", help="only these steps, e.g. 1000,2000")
+    where.add_argument(
+        "--baseline", choices=("constant", "random"), help="a model-free predictor instead"
+    )
+    what = p.add_argument_group("suites")
+    what.add_argument("--suites", default="mmlu,bbh", help=f"comma list of {SUITES}")
+    what.add_argument("--mode", default="direct", help="direct, cot, or both: direct,cot")
+    what.add_argument("--shots", default="0", help="exemplars per prompt, e.g. 0 or 5 or 0,5")
+    what.add_argument("--split", default="val", choices=("val", "test"), help="MMLU split")
+    what.add_argument("--subsample", type=int, default=None, help="first N examples per subtask")
+    what.add_argument("--data_dir", default=None, help="default: $FLAN_MOE_DATA_DIR")
+    how = p.add_argument_group("method")
+    how.add_argument("--method", default="generate", choices=("generate", "score"))
+    how.add_argument(
+        "--length_normalized", action="store_true", help="score: rank by per-token average"
+    )
+    how.add_argument("--decode", default="greedy", choices=("greedy", "sample", "beam"))
+    how.add_argument("--beam_size", type=int, default=4)
+    how.add_argument("--alpha", type=float, default=0.6, help="beam length-penalty exponent")
+    how.add_argument("--temperature", type=float, default=1.0)
+    how.add_argument("--top_k", type=int, default=0)
+    how.add_argument("--seed", type=int, default=0)
+    how.add_argument(
+        "--max_input_length", type=int, default=None, help="default: the checkpoint's inputs"
+    )
+    how.add_argument(
+        "--max_decode_length", type=int, default=None, help="default: the checkpoint's targets"
+    )
+    how.add_argument("--max_option_length", type=int, default=64, help="score: option tokens")
+    how.add_argument("--batch_size", type=int, default=16)
+    run = p.add_argument_group("run")
+    run.add_argument("--output_dir", default=None, help="default: the MODEL_DIR")
+    run.add_argument("--force", action="store_true", help="re-evaluate existing entries")
+    run.add_argument("--data_parallel", type=int, default=-1)
+    run.add_argument("--expert_parallel", type=int, default=1)
+    run.add_argument("--model_parallel", type=int, default=1)
+    run.add_argument("--no_progress", action="store_true")
+    return p
+
+
+# ------------------------------------------------------------------------------- planning
+
+
+def find_targets(args: argparse.Namespace) -> tuple[list[Target], Path]:
+    """(checkpoints or the baseline to evaluate, the output directory)."""
+    if args.baseline:
+        out = args.output_dir or args.checkpoint_dir
+        if not out:
+            raise SystemExit("--baseline needs --output_dir (where results.json is written)")
+        return [Target("baseline", None)], Path(out)
+    if not args.checkpoint_dir:
+        raise SystemExit("give --checkpoint_dir (a MODEL_DIR or a checkpoint) or --baseline")
+    from flan_moe.training import checkpoints
+
+    path = os.path.abspath(args.checkpoint_dir)
+    name = os.path.basename(path.rstrip("/"))
+    prefix = f"{checkpoints.STEP_PREFIX}_"
+    if name.startswith(prefix) and name[len(prefix) :].isdigit():
+        model_dir, step = checkpoints.resolve_checkpoint(path)
+        found = [(step, path)]
+    else:
+        found = checkpoints.list_checkpoints(path)
+        model_dir = path
+        if not found:
+            raise SystemExit(
+                f"no complete checkpoint under {path}: expected {prefix}<step>/ directories "
+                "(train with `python -m flan_moe.cli.train`), or pass one checkpoint directory"
+            )
+    if args.steps:
+        wanted = {int(s) for s in _csv(args.steps)}
+        missing = sorted(wanted - {step for step, _ in found})
+        if missing:
+            have = [step for step, _ in found]
+            raise SystemExit(f"steps {missing} not found in {model_dir}; available: {have}")
+        found = [(s, p) for s, p in found if s in wanted]
+    if args.latest_only:
+        found = found[-1:]
+    targets = [Target(f"{prefix}{step}", p, step) for step, p in found]
+    return targets, Path(args.output_dir or model_dir)
+
+
+def method_key(args: argparse.Namespace) -> str:
+    """The results-entry method for these flags (`evaluator.entry_method`)."""
+    from flan_moe.evaluation.evaluator import entry_method
+
+    return entry_method(
+        args.method,
+        length_normalized=args.length_normalized,
+        decode=decode_config(args, max_decode_len=1),
+        baseline=args.baseline,
+    )
+
+
+def decode_config(args: argparse.Namespace, *, max_decode_len: int) -> decoding.DecodeConfig:
+    return decoding.DecodeConfig(
+        strategy=args.decode,
+        max_decode_len=max_decode_len,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        beam_size=args.beam_size,
+        alpha=args.alpha,
+        seed=args.seed,
+    )
+
+
+def plan(args: argparse.Namespace) -> list[tuple[str, str, int, int]]:
+    """(suite, mode, requested shots, used shots) combinations, shots capped per suite."""
+    from flan_moe.data.heldout import MAX_SHOTS
+
+    suites, modes = _csv(args.suites), _csv(args.mode)
+    shots = [int(s) for s in _csv(args.shots)]
+    for suite in suites:
+        if suite not in SUITES:
+            raise SystemExit(f"unknown suite {suite!r}; choose from {', '.join(SUITES)}")
+    for mode in modes:
+        if mode not in ("direct", "cot"):
+            raise SystemExit(f"unknown mode {mode!r}; use direct, cot or direct,cot")
+    if args.method == "score" and "cot" in modes:
+        raise SystemExit("--method=score needs --mode=direct (CoT answers must be generated)")
+    combos = []
+    for suite in suites:
+        for mode in modes:
+            for k in shots:
+                if k < 0:
+                    raise SystemExit(f"--shots must be >= 0, got {k}")
+                used = min(k, MAX_SHOTS[suite])
+                if (suite, mode, used) not in {(s, m, u) for s, m, _, u in combos}:
+                    combos.append((suite, mode, k, used))
+    return combos
+
+
+def predictions_path(out_dir: Path, checkpoint: str, key: results.EntryKey) -> Path:
+    sub = "" if key.subsample is None else f".sub{key.subsample}"
+    name = f"{key.suite}.{key.mode}.{key.shots}shot.{key.method}{sub}.jsonl"
+    return out_dir / "predictions" / checkpoint / name
+
+
+# ------------------------------------------------------------------------------ predictors
+
+
+def _mesh(args: argparse.Namespace):
+    import jax
+
+    from flan_moe import partitioning
+
+    if jax.device_count() == 1:
+        return None
+    return partitioning.make_mesh(
+        data=args.data_parallel, expert=args.expert_parallel, model=args.model_parallel
+    )
+
+
+def load_model(args: argparse.Namespace, target: Target) -> tuple[Any, dict[str, Any]]:
+    """(a ModelPredictor for the checkpoint, run info for the entries' metadata)."""
+    from flan_moe.data.vocabularies import get_vocabulary
+    from flan_moe.evaluation.evaluator import ModelPredictor
+    from flan_moe.training import checkpoints
+
+    params, config, meta = checkpoints.load_params(target.path)
+    lengths = dict(meta.get("task_feature_lengths") or {})
+    max_in = args.max_input_length or lengths.get("inputs")
+    max_out = args.max_decode_length or lengths.get("targets")
+    if not max_in or not max_out:
+        raise SystemExit(
+            f"checkpoint {target.path} stores no task_feature_lengths {lengths}; pass "
+            "--max_input_length and --max_decode_length"
+        )
+    vocab_spec = meta.get("vocabulary", "byte")
+    decode = decode_config(args, max_decode_len=int(max_out))
+    predictor = ModelPredictor(
+        config,
+        params,
+        get_vocabulary(vocab_spec),
+        max_input_len=int(max_in),
+        decode=decode,
+        batch_size=args.batch_size,
+        max_option_len=args.max_option_length,
+        mesh=_mesh(args),
+    )
+    info = {
+        "checkpoint_path": target.path,
+        "step": target.step,
+        "model": config.name,
+        "vocabulary": vocab_spec,
+        "max_input_length": int(max_in),
+        "max_decode_length": int(max_out),
+    }
+    return predictor, info
+
+
+def load_baseline(args: argparse.Namespace, suite: str) -> Any:
+    from flan_moe.evaluation import baselines
+    from flan_moe.evaluation.evaluator import BaselinePredictor
+
+    answers = baselines.exemplar_answers(suite, data_dir=args.data_dir)
+    if args.baseline == "constant":
+        return BaselinePredictor(baselines.ConstantPredictor.from_exemplar_answers(answers))
+    return BaselinePredictor(baselines.RandomPredictor(seed=args.seed, answer_pool=answers))
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def run(args: argparse.Namespace) -> list[results.EvalEntry]:
+    """Evaluates every missing (target, suite, mode, shots) and returns the entries touched."""
+    from flan_moe.evaluation import evaluator
+
+    if args.subsample is not None and args.subsample <= 0:
+        raise SystemExit(f"--subsample must be a positive count per subtask, got {args.subsample}")
+    targets, out_dir = find_targets(args)
+    combos = plan(args)
+    method = method_key(args)
+    results_file = out_dir / "results.json"
+    for suite, _, asked, used in combos:
+        if asked != used:
+            print(f"note: {suite} has {used} exemplars; --shots={asked} runs {used}-shot")
+    touched: list[results.EvalEntry] = []
+    for target in targets:
+        keys = [
+            results.EntryKey(target.checkpoint, suite, mode, used, method, args.subsample)
+            for suite, mode, _, used in combos
+        ]
+        existing = results.read_results(results_file)
+        todo = [k for k in keys if args.force or not results.has_entry(existing, k)]
+        for key in keys:
+            if key not in todo:
+                print(f"skip {key.checkpoint} {key.suite} {key.mode} {key.shots}-shot "
+                      f"{key.method}: already in {results_file} (--force to redo)")  # fmt: skip
+                touched.append(results.find_entry(existing, key))
+        if not todo:
+            continue
+        predictor, info = load_model(args, target) if target.path else (None, {})
+        for key in todo:
+            pred = predictor if predictor is not None else load_baseline(args, key.suite)
+            outcome = evaluator.evaluate(
+                pred,
+                suite=key.suite,
+                mode=key.mode,
+                shots=key.shots,
+                method=args.method,
+                length_normalized=args.length_normalized,
+                split=args.split,
+                subsample=args.subsample,
+                checkpoint=key.checkpoint,
+                data_dir=args.data_dir,
+                max_input_tokens=info.get("max_input_length"),
+                vocabulary=info.get("vocabulary", "byte"),
+                show_progress=not args.no_progress,
+                metadata=info,
+            )
+            if outcome.entry.key != key:  # pragma: no cover - a naming bug, not a user error
+                raise RuntimeError(f"entry key {outcome.entry.key} != planned key {key}")
+            pred_file = predictions_path(out_dir, target.checkpoint, key)
+            results.write_predictions_jsonl(pred_file, outcome.records)
+            entry = dataclasses.replace(
+                outcome.entry, predictions_file=os.path.relpath(pred_file, out_dir)
+            )
+            results.update_results(results_file, [entry])
+            trunc = entry.metadata.get("truncation", {})
+            s = entry.summary
+            print(
+                f"done {key.checkpoint} {key.suite} {key.mode} {key.shots}-shot {key.method}: "
+                f"{s['num_examples']} examples, micro {_pct(s['micro_avg'])} macro "
+                f"{_pct(s['macro_avg'])}; prompts with exemplars dropped "
+                f"{trunc.get('prompts_with_exemplars_dropped', 0)}, cut from the left "
+                f"{trunc.get('prompts_truncated_left', 0)} (input length "
+                f"{trunc.get('max_input_tokens')}) -> {results_file}"
+            )
+            touched.append(entry)
+    return touched
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    entries = run(args)
+    if entries:
+        print()
+        print(results.format_table(entries))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""The eval command line: a sweep over real orbax checkpoints skips what results.json holds."""
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flan_moe.cli import eval as eval_cli
+from flan_moe.evaluation import results
+from flan_moe.model.config import get_config
+from flan_moe.model.transformer import EncoderDecoder
+from flan_moe.training import checkpoints
+from flan_moe.training.train_state import TrainState
+
+_REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def data_root() -> Path:
+    env = os.environ.get("FLAN_MOE_DATA_DIR")
+    root = Path(env) if env else _REPO.parent / "shared" / "data"
+    if not (root / "mmlu" / "val").is_dir() or not (root / "bbh" / "bbh").is_dir():
+        pytest.skip(f"real data not found at {root}: set FLAN_MOE_DATA_DIR")
+    return root
+
+
+def random_params(model, seed: int):
+    shape = jax.ShapeDtypeStruct((1, 4), jnp.int32)
+    abstract = jax.eval_shape(lambda t: model.init(jax.random.PRNGKey(0), t, t, t), shape)
+    rng = np.random.default_rng(seed)
+
+    def draw(leaf):
+        if len(leaf.shape) < 2:
+            return jnp.ones(leaf.shape, jnp.float32)
+        return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(leaf.shape[0]), jnp.float32)
+
+    return jax.tree_util.tree_map(draw, nn.unbox(abstract["params"]))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A MODEL_DIR with checkpoints at steps 1 and 2, written by the trainer's Checkpointer."""
+    cfg = get_config("tiny", dtype="float32")
+    directory = tmp_path_factory.mktemp("run")
+    saver = checkpoints.Checkpointer(str(directory), keep=None)
+    metadata = {
+        "vocabulary": "byte",
+        "task_feature_lengths": {"inputs": 64, "targets": 2},
+        "model_config": cfg.to_dict(),
+    }
+    for step in (1, 2):
+        state = TrainState(
+            step=jnp.asarray(step, jnp.int32),
+            params=random_params(EncoderDecoder(cfg), step),
+            opt_state={"count": jnp.zeros((), jnp.int32)},
+            rng=jnp.zeros((2,), jnp.uint32),
+        )
+        saver.save(state, data_position=step, metadata=metadata)
+        saver.wait()
+    saver.close()
+    assert [s for s, _ in checkpoints.list_checkpoints(str(directory))] == [1, 2]
+    return directory
+
+
+def _args(model_dir: Path, data_root: Path, *extra: str) -> list[str]:
+    return [
+        f"--checkpoint_dir={model_dir}",
+        "--suites=bbh",
+        "--mode=direct",
+        "--shots=0",
+        "--subsample=1",
+        "--batch_size=32",
+        f"--data_dir={data_root}",
+        "--no_progress",
+        *extra,
+    ]
+
+
+def test_sweep_skips_evaluated_checkpoints(model_dir, data_root, monkeypatch, capsys):
+    loaded: list[str] = []
+    real_load = checkpoints.load_params
+
+    def counting_load(path):
+        loaded.append(os.path.basename(path))
+        return real_load(path)
+
+    monkeypatch.setattr(checkpoints, "load_params", counting_load)
+    results_file = model_dir / "results.json"
+
+    eval_cli.main(_args(model_dir, data_root, "--steps=1"))
+    assert loaded == ["checkpoint_1"]
+    first = results.read_results(results_file)
+    assert [e.checkpoint for e in first] == ["checkpoint_1"]
+    assert first[0].metadata["max_input_length"] == 64  # from the checkpoint's lengths
+    assert first[0].metadata["truncation"]["prompts_truncated_left"] > 0
+    assert first[0].summary["num_examples"] == 27
+
+    loaded.clear()
+    eval_cli.main(_args(model_dir, data_root))  # the whole MODEL_DIR: a sweep
+    assert loaded == ["checkpoint_2"]  # step 1 is in results.json: not even loaded
+    entries = results.read_results(results_file)
+    assert [e.checkpoint for e in entries] == ["checkpoint_1", "checkpoint_2"]
+    assert entries[0].created == first[0].created
+    out = capsys.readouterr().out
+    assert "skip checkpoint_1 bbh direct 0-shot generation" in out
+    assert "checkpoint_2  bbh" in out  # the table
+    for entry in entries:
+        records = results.read_predictions_jsonl(model_dir / entry.predictions_file)
+        assert len(records) == 27
+
+    loaded.clear()
+    eval_cli.main(_args(model_dir, data_root))
+    assert loaded == []
+    eval_cli.main(_args(model_dir, data_root, "--force", "--latest_only"))
+    assert loaded == ["checkpoint_2"]
+
+
+def test_baseline_through_the_cli(tmp_path, data_root):
+    eval_cli.main(
+        [
+            "--baseline=constant",
+            f"--output_dir={tmp_path}",
+            "--suites=mmlu",
+            "--subsample=3",
+            f"--data_dir={data_root}",
+            "--no_progress",
+        ]
+    )
+    (entry,) = results.read_results(tmp_path / "results.json")
+    assert (entry.checkpoint, entry.method) == ("baseline", "baseline_constant")
+    # Reference: option A answers the first 3 questions of each subject when the gold is A.
+    right = total = 0
+    for path in sorted((data_root / "mmlu" / "val").glob("*_val.csv")):
+        with open(path, encoding="utf-8", newline="") as f:
+            gold = [row[5] for row in csv.reader(f) if row][:3]
+        right += gold.count("A")
+        total += len(gold)
+    assert entry.summary["num_examples"] == total
+    assert entry.summary["num_correct"] == right
+    lines = (tmp_path / entry.predictions_file).read_text().splitlines()
+    assert json.loads(lines[0])["output"] == "A"
+
+
+def test_shots_are_capped_per_suite_and_bad_flags_are_named(tmp_path, data_root, capsys):
+    args = eval_cli.build_parser().parse_args(
+        ["--suites=mmlu,bbh", "--shots=5", "--baseline=random"]
+    )
+    assert eval_cli.plan(args) == [("mmlu", "direct", 5, 5), ("bbh", "direct", 5, 3)]
+    with pytest.raises(SystemExit, match="unknown suite"):
+        eval_cli.main(["--baseline=random", f"--output_dir={tmp_path}", "--suites=mmlu,xyz"])
+    with pytest.raises(SystemExit, match="mode=direct"):
+        eval_cli.main(
+            ["--baseline=random", f"--output_dir={tmp_path}", "--method=score", "--mode=cot"]
+        )
+    with pytest.raises(SystemExit, match="no complete checkpoint"):
+        eval_cli.main([f"--checkpoint_dir={tmp_path}"])
