@@ -1,0 +1,340 @@
+"""Optimizers, learning-rate schedules and freeze masks (optax).
+
+* ``adafactor``: Adafactor (Shazeer & Stern 2018) with t5x's defaults: factored
+  second moments for params whose two largest non-batch dims are >= 128, decay
+  rate 0.8 (beta2_t = 1 - t^-0.8), no momentum, update clipping at RMS 1.0, step
+  size scaled by the parameter's RMS (floor 1e-3), epsilon 1e-30. Dims whose logical
+  axis is ``expert`` are BATCH dims: each expert gets its own factored statistics,
+  its own update clipping and its own parameter scale, exactly as if it were a
+  separate weight matrix. Factored statistics are stored with size-1 (reduced) dims
+  kept, so their sharding follows the param's logical axes.
+* ``adamw``: optax AdamW.
+* Schedules (functions of the absolute optimizer step): ``rsqrt`` (constant
+  ``base / sqrt(warmup)`` during warmup, then ``base / sqrt(step)``, as t5x's
+  pre-training), ``constant`` (FLAN finetuning), ``cosine`` (linear warmup, cosine
+  decay to ``final_fraction * base``).
+* Freezing (``freeze`` setting): ``none`` | ``gate`` (routers) | ``expert`` (expert
+  MLPs) | ``moe`` (routers and experts) | ``regex:<pattern>`` (params whose
+  '/'-joined path matches are frozen). Frozen params get no update and carry no
+  optimizer state (optax ``multi_transform`` with ``set_to_zero``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Array = jax.Array
+Schedule = Callable[[Array], Array]
+ParamAxes = Mapping[str, tuple[str | None, ...]]
+
+# Param-path regexes of the freeze presets. Sparse layers live under ``.../moe/``;
+# the router params contain "router", the expert MLPs "expert" in their path.
+GATE_REGEX = r"(^|/)moe/(.*/)?[^/]*router"
+EXPERT_REGEX = r"(^|/)moe/(.*/)?[^/]*expert"
+FREEZE_PRESETS = {
+    "none": None,
+    "gate": GATE_REGEX,
+    "expert": EXPERT_REGEX,
+    "moe": f"({GATE_REGEX})|({EXPERT_REGEX})",
+}
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Which optimizer and learning-rate schedule a run uses."""
+
+    name: Literal["adafactor", "adamw"] = "adafactor"
+    schedule: Literal["rsqrt", "constant", "cosine"] = "constant"
+    learning_rate: float = 1e-3
+    warmup_steps: int = 0
+    # cosine only: steps of the decay (absolute) and the final fraction of the base lr.
+    decay_steps: int = 0
+    final_fraction: float = 0.0
+    # Adafactor
+    decay_rate: float = 0.8
+    clipping_threshold: float | None = 1.0
+    multiply_by_parameter_scale: bool = True
+    min_dim_size_to_factor: int = 128
+    # AdamW
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    # Global-norm gradient clipping before the optimizer (None = off).
+    max_grad_norm: float | None = None
+    freeze: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.name not in ("adafactor", "adamw"):
+            raise ValueError(f"unknown optimizer {self.name!r}; use 'adafactor' or 'adamw'")
+        if self.schedule not in ("rsqrt", "constant", "cosine"):
+            raise ValueError(
+                f"unknown schedule {self.schedule!r}; use 'rsqrt', 'constant' or 'cosine'"
+            )
+        if self.schedule == "cosine" and self.decay_steps <= 0:
+            raise ValueError("the cosine schedule needs decay_steps > 0")
+        freeze_regex(self.freeze)  # validates
+
+
+# --- schedules ------------------------------------------------------------------
+
+
+def rsqrt_schedule(*, learning_rate: float, warmup_steps: int) -> Schedule:
+    """``learning_rate / sqrt(max(step, warmup_steps))`` (t5x pre-training; warmup >= 1)."""
+    warmup = max(int(warmup_steps), 1)
+    return lambda step: learning_rate / jnp.sqrt(jnp.maximum(step, warmup).astype(jnp.float32))
+
+
+def constant_schedule(*, learning_rate: float, warmup_steps: int = 0) -> Schedule:
+    """Constant, after an optional linear warmup."""
+
+    def schedule(step: Array) -> Array:
+        if warmup_steps <= 0:
+            return jnp.asarray(learning_rate, jnp.float32)
+        return learning_rate * jnp.minimum(1.0, (step + 1) / warmup_steps)
+
+    return schedule
+
+
+def cosine_schedule(
+    *, learning_rate: float, warmup_steps: int, decay_steps: int, final_fraction: float
+) -> Schedule:
+    """Linear warmup, then cosine decay over ``decay_steps`` to ``final_fraction * lr``."""
+
+    def schedule(step: Array) -> Array:
+        step = step.astype(jnp.float32)
+        warm = jnp.minimum(1.0, (step + 1) / max(warmup_steps, 1)) if warmup_steps else 1.0
+        progress = jnp.clip((step - warmup_steps) / decay_steps, 0.0, 1.0)
+        cosine = 0.5 * (1.0 + jnp.cos(math.pi * progress))
+        return learning_rate * warm * (final_fraction + (1.0 - final_fraction) * cosine)
+
+    return schedule
+
+
+def make_schedule(config: OptimizerConfig) -> Schedule:
+    if config.schedule == "rsqrt":
+        return rsqrt_schedule(learning_rate=config.learning_rate, warmup_steps=config.warmup_steps)
+    if config.schedule == "constant":
+        return constant_schedule(
+            learning_rate=config.learning_rate, warmup_steps=config.warmup_steps
+        )
+    return cosine_schedule(
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        decay_steps=config.decay_steps,
+        final_fraction=config.final_fraction,
+    )
+
+
+# --- Adafactor ----------------------------------------------------------------
+
+
+def path_str(path: tuple) -> str:
+    """'/'-joined names of a pytree key path (dict keys, attributes, indices)."""
+    names = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                names.append(str(getattr(key, attr)))
+                break
+        else:
+            names.append(str(key))
+    return "/".join(names)
+
+
+class _Factoring(NamedTuple):
+    batch_dims: tuple[int, ...]
+    # (row_dim, col_dim): v_row averages over col_dim, v_col over row_dim; None = unfactored.
+    dims: tuple[int, int] | None
+
+
+def _factoring(
+    shape: tuple[int, ...], axes: tuple[str | None, ...] | None, min_dim: int
+) -> _Factoring:
+    batch_dims = tuple(i for i, a in enumerate(axes or ()) if a == "expert")
+    rest = [i for i in range(len(shape)) if i not in batch_dims]
+    if len(rest) < 2:
+        return _Factoring(batch_dims, None)
+    # The two largest non-batch dims (stable: later dim wins ties, as argsort).
+    order = sorted(rest, key=lambda i: (shape[i], i))
+    row, col = order[-2], order[-1]
+    if shape[row] < min_dim:
+        return _Factoring(batch_dims, None)
+    return _Factoring(batch_dims, (row, col))
+
+
+class AdafactorLeafState(NamedTuple):
+    v_row: Array  # param shape with col dim reduced to 1 (or [1] when unfactored)
+    v_col: Array  # param shape with row dim reduced to 1 (or [1] when unfactored)
+    v: Array  # full second moment when unfactored (else [1])
+
+
+class AdafactorState(NamedTuple):
+    count: Array
+    leaves: Any
+
+
+def scale_by_adafactor(
+    *,
+    param_axes: ParamAxes | None = None,
+    decay_rate: float = 0.8,
+    epsilon1: float = 1e-30,
+    epsilon2: float = 1e-3,
+    clipping_threshold: float | None = 1.0,
+    multiply_by_parameter_scale: bool = True,
+    min_dim_size_to_factor: int = 128,
+) -> optax.GradientTransformation:
+    """Adafactor's update direction (learning rate NOT applied; chain a schedule).
+
+    ``param_axes`` maps '/'-joined param paths to logical axis names; dims named
+    ``expert`` are treated as batch dims. Unknown paths have no batch dims.
+    """
+
+    def leaf_factoring(path, p) -> _Factoring:
+        axes = (param_axes or {}).get(path_str(path))
+        return _factoring(tuple(p.shape), axes, min_dim_size_to_factor)
+
+    def init_leaf(path, p):
+        f = leaf_factoring(path, p)
+        one = jnp.zeros((1,), jnp.float32)
+        if f.dims is None:
+            return AdafactorLeafState(one, one, jnp.zeros(p.shape, jnp.float32))
+        row, col = f.dims
+        row_shape = tuple(1 if i == col else n for i, n in enumerate(p.shape))
+        col_shape = tuple(1 if i == row else n for i, n in enumerate(p.shape))
+        return AdafactorLeafState(
+            jnp.zeros(row_shape, jnp.float32), jnp.zeros(col_shape, jnp.float32), one
+        )
+
+    def init_fn(params):
+        leaves = jax.tree_util.tree_map_with_path(init_leaf, params)
+        return AdafactorState(count=jnp.zeros([], jnp.int32), leaves=leaves)
+
+    def reduce_dims(p, f: _Factoring) -> tuple[int, ...]:
+        return tuple(i for i in range(p.ndim) if i not in f.batch_dims)
+
+    def update_leaf(path, g, s: AdafactorLeafState, p, beta2):
+        f = leaf_factoring(path, p)
+        g = g.astype(jnp.float32)
+        g2 = jnp.square(g) + epsilon1
+        if f.dims is None:
+            v = beta2 * s.v + (1 - beta2) * g2
+            u = g * jax.lax.rsqrt(v)
+            new = AdafactorLeafState(s.v_row, s.v_col, v)
+        else:
+            row, col = f.dims
+            v_row = beta2 * s.v_row + (1 - beta2) * jnp.mean(g2, axis=col, keepdims=True)
+            v_col = beta2 * s.v_col + (1 - beta2) * jnp.mean(g2, axis=row, keepdims=True)
+            # v ~ v_row * v_col / mean(v_row over the row dim)
+            row_factor = jax.lax.rsqrt(v_row / jnp.mean(v_row, axis=row, keepdims=True))
+            u = g * row_factor * jax.lax.rsqrt(v_col)
+            new = AdafactorLeafState(v_row, v_col, s.v)
+        dims = reduce_dims(p, f)
+        if clipping_threshold is not None:
+            rms = jnp.sqrt(jnp.mean(jnp.square(u), axis=dims, keepdims=True))
+            u = u / jnp.maximum(1.0, rms / clipping_threshold)
+        if multiply_by_parameter_scale:
+            p32 = p.astype(jnp.float32)
+            scale = jnp.sqrt(jnp.mean(jnp.square(p32), axis=dims, keepdims=True))
+            u = u * jnp.maximum(scale, epsilon2)
+        return u.astype(p.dtype), new
+
+    def update_fn(updates, state: AdafactorState, params=None):
+        if params is None:
+            raise ValueError("Adafactor needs params in update() (parameter scaling)")
+        t = (state.count + 1).astype(jnp.float32)
+        beta2 = 1.0 - jnp.power(t, -decay_rate)
+        is_leaf = lambda x: isinstance(x, AdafactorLeafState)
+        flat_s = jax.tree_util.tree_flatten(state.leaves, is_leaf=is_leaf)[0]
+        flat_g, treedef = jax.tree_util.tree_flatten_with_path(updates)
+        flat_p = jax.tree_util.tree_leaves(params)
+        outs = [
+            update_leaf(path, g, s, p, beta2)
+            for (path, g), s, p in zip(flat_g, flat_s, flat_p, strict=True)
+        ]
+        new_updates = jax.tree_util.tree_unflatten(treedef, [o[0] for o in outs])
+        state_def = jax.tree_util.tree_structure(state.leaves, is_leaf=is_leaf)
+        new_leaves = jax.tree_util.tree_unflatten(state_def, [o[1] for o in outs])
+        return new_updates, AdafactorState(count=state.count + 1, leaves=new_leaves)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+# --- freezing -----------------------------------------------------------------
+
+
+def freeze_regex(freeze: str) -> str | None:
+    """The regex of frozen param paths for a ``freeze`` setting (None = train all)."""
+    if freeze.startswith("regex:"):
+        pattern = freeze[len("regex:") :]
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"freeze regex {pattern!r} does not compile: {e}") from e
+        return pattern
+    if freeze not in FREEZE_PRESETS:
+        raise ValueError(
+            f"unknown freeze setting {freeze!r}; use one of {sorted(FREEZE_PRESETS)} or "
+            "'regex:<pattern>' (params whose '/'-joined path matches are frozen)"
+        )
+    return FREEZE_PRESETS[freeze]
+
+
+def trainable_mask(params: Any, freeze: str) -> Any:
+    """A tree of Python bools like ``params``: True = trained, False = frozen.
+
+    Raises when a preset or regex freezes nothing (a misspelt regex, or a MoE freeze
+    on a dense model) so an ablation never runs silently as the baseline.
+    """
+    pattern = freeze_regex(freeze)
+    mask = jax.tree_util.tree_map_with_path(
+        lambda path, _: pattern is None or re.search(pattern, path_str(path)) is None, params
+    )
+    if pattern is not None and all(jax.tree_util.tree_leaves(mask)):
+        paths = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+        raise ValueError(
+            f"freeze={freeze!r} (regex {pattern!r}) matches no parameter; paths look like "
+            f"{paths[:6]}. A freeze-gate/expert/moe ablation needs a MoE model."
+        )
+    return mask
+
+
+# --- the optimizer ------------------------------------------------------------
+
+
+def make_optimizer(
+    config: OptimizerConfig, *, params: Any, param_axes: ParamAxes | None = None
+) -> tuple[optax.GradientTransformation, Schedule, Any]:
+    """(optimizer, schedule, trainable mask) for ``params`` (abstract shapes suffice)."""
+    schedule = make_schedule(config)
+    if config.name == "adafactor":
+        inner = optax.chain(
+            scale_by_adafactor(
+                param_axes=param_axes,
+                decay_rate=config.decay_rate,
+                clipping_threshold=config.clipping_threshold,
+                multiply_by_parameter_scale=config.multiply_by_parameter_scale,
+                min_dim_size_to_factor=config.min_dim_size_to_factor,
+            ),
+            optax.scale_by_learning_rate(schedule),
+        )
+    else:
+        inner = optax.adamw(
+            schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay
+        )
+    if config.max_grad_norm is not None:
+        inner = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), inner)
+    mask = trainable_mask(params, config.freeze)
+    if all(jax.tree_util.tree_leaves(mask)):
+        return inner, schedule, mask
+    labels = jax.tree_util.tree_map(lambda t: "train" if t else "freeze", mask)
+    optimizer = optax.multi_transform({"train": inner, "freeze": optax.set_to_zero()}, labels)
+    return optimizer, schedule, mask
