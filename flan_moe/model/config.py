@@ -43,10 +43,21 @@ class MoeConfig:
     batch_prioritized_routing: bool = False
     # Mixtral: renormalise the top-k combine weights to sum to one.
     renormalize_top_k: bool = False
+    # Buffer slots per expert and group:
+    #   capacity = min(max(round(capacity_factor * k * tokens_per_group / num_experts),
+    #                      min_expert_capacity), tokens_per_group)
+    # (k = 1 for expert choice). Train factor when dropout is on, eval factor otherwise.
+    # capacity_factor 0 with min_expert_capacity C gives a fixed capacity C (Hugging Face).
     capacity_factor_train: float = 1.25
     capacity_factor_eval: float = 2.0
     min_expert_capacity: int = 4
+    # Tokens are routed in groups of at most this many (batch and length flattened).
     max_group_size: int = 4096
+    # The number of groups is rounded up to a multiple of this when the token count
+    # allows: set it to the data x expert device count so groups shard evenly.
+    num_groups_multiple: int = 1
+    # Each batch row is one group (Hugging Face Switch); max_group_size is ignored.
+    route_per_sequence: bool = False
     dispatch: DispatchType = "einsum"
     # Gather path only: no capacity, no dropped tokens.
     dropless: bool = False
@@ -67,6 +78,8 @@ class MoeConfig:
     expert_granularity: int = 1
     # DeepSeekMoE: always-active shared experts (each of the fine-grained size).
     num_shared_experts: int = 0
+    # Hidden size of each routed (and shared) expert; None = d_ff // expert_granularity.
+    expert_mlp_dim: int | None = None
 
     def __post_init__(self) -> None:
         if self.num_experts < 1:
@@ -85,6 +98,50 @@ class MoeConfig:
             )
         if self.dropless and self.dispatch != "gather":
             raise ValueError("dropless=True needs dispatch='gather' (the einsum path has capacity)")
+        if self.dropless and self.encoder_router == "experts_choose":
+            raise ValueError(
+                "dropless=True needs tokens-choose routing: expert choice always has a "
+                "capacity (each expert takes its top-capacity tokens). Set dropless=False."
+            )
+        if self.dispatch not in ("einsum", "gather"):
+            raise ValueError(f"dispatch must be 'einsum' or 'gather', got {self.dispatch!r}")
+        if self.encoder_router not in ("tokens_choose", "experts_choose"):
+            raise ValueError(
+                f"encoder_router must be 'tokens_choose' or 'experts_choose', "
+                f"got {self.encoder_router!r}"
+            )
+        positive = ("num_selected_experts", "max_group_size", "num_groups_multiple")
+        positive += ("sparse_interval", "expert_granularity")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"MoeConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("capacity_factor_train", "capacity_factor_eval", "min_expert_capacity"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"MoeConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("capacity_factor_train", "capacity_factor_eval"):
+            if getattr(self, name) == 0 and self.min_expert_capacity == 0:
+                raise ValueError(
+                    f"{name}=0 with min_expert_capacity=0 gives experts no buffer slots; "
+                    "set a positive capacity factor or min_expert_capacity"
+                )
+        for name in ("aux_loss_coef", "router_z_loss_coef", "router_jitter_noise"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"MoeConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.expert_dropout_rate < 1.0:
+            raise ValueError(
+                f"expert_dropout_rate must be in [0, 1), got {self.expert_dropout_rate}"
+            )
+        if self.expert_mlp_dim is not None and self.expert_mlp_dim < 1:
+            raise ValueError(f"expert_mlp_dim must be >= 1, got {self.expert_mlp_dim}")
+        if self.num_shared_experts < 0:
+            raise ValueError(f"num_shared_experts must be >= 0, got {self.num_shared_experts}")
+        if self.decoder_num_selected_experts is not None:
+            k_dec = self.decoder_num_selected_experts * self.expert_granularity
+            if not 1 <= k_dec <= self.num_experts:
+                raise ValueError(
+                    f"the decoder selects {k_dec} experts per token; it must be between 1 "
+                    f"and num_experts={self.num_experts}"
+                )
 
     def num_selected(self, *, decoder: bool) -> int:
         """Experts per token (k), after fine-grained scaling."""
@@ -103,9 +160,21 @@ class MoeConfig:
         return layer % self.sparse_interval == self.sparse_offset % self.sparse_interval
 
     def expert_d_ff(self, d_ff: int) -> int:
+        """Hidden size of one expert: ``expert_mlp_dim``, else d_ff / granularity."""
+        if self.expert_mlp_dim is not None:
+            return self.expert_mlp_dim
         if d_ff % self.expert_granularity:
-            raise ValueError(f"d_ff={d_ff} is not divisible by expert_granularity")
+            raise ValueError(
+                f"d_ff={d_ff} is not divisible by expert_granularity={self.expert_granularity}; "
+                "choose a granularity that divides d_ff or set expert_mlp_dim"
+            )
         return d_ff // self.expert_granularity
+
+    def capacity_factor(self, *, train: bool) -> float:
+        return self.capacity_factor_train if train else self.capacity_factor_eval
+
+    def replace(self, **changes) -> MoeConfig:
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)
@@ -193,6 +262,129 @@ SIZES: dict[str, ModelConfig] = {
     "xxl": ModelConfig(name="xxl", d_model=4096, num_heads=64, d_ff=10240,
                        num_encoder_layers=24, num_decoder_layers=24, **_T5_1_1),
 }  # fmt: skip
+
+
+# --- Sparse sizes ---------------------------------------------------------------
+# Switch (Fedus et al. 2021) on the classic T5 1.0 shapes: ReLU MLP, head tied to the
+# embedding, every other layer sparse (layers 1, 3, 5, ... as Hugging Face's
+# switch-base-*), top-1, capacity factor 1.25 train / 2.0 eval, aux loss 0.01, no
+# z-loss. GShard (top-2), expert choice and ST-MoE use the T5 v1.1 shapes (gated
+# GELU, untied head). ST-MoE: top-2 every 4th layer, z-loss 0.001 (Zoph et al. 2022).
+# Experts use the Flan-MoE paper's expert dropout 0.2.
+_T5_1_0 = dict(vocab_size=32128, head_dim=64, mlp_activation="relu", tie_embeddings=True)
+_T5_1_0_BASE = dict(
+    d_model=768, num_heads=12, d_ff=3072, num_encoder_layers=12, num_decoder_layers=12, **_T5_1_0
+)
+_T5_1_0_LARGE = dict(
+    d_model=1024, num_heads=16, d_ff=4096, num_encoder_layers=24, num_decoder_layers=24, **_T5_1_0
+)
+_T5_1_1_BASE = dict(
+    d_model=768, num_heads=12, d_ff=2048, num_encoder_layers=12, num_decoder_layers=12, **_T5_1_1
+)
+_TINY = dict(
+    vocab_size=512,
+    d_model=32,
+    num_heads=4,
+    head_dim=8,
+    d_ff=64,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
+    dropout_rate=0.0,
+)
+
+_SWITCH = MoeConfig(
+    num_experts=8,
+    num_selected_experts=1,
+    sparse_interval=2,
+    sparse_offset=1,
+    capacity_factor_train=1.25,
+    capacity_factor_eval=2.0,
+    aux_loss_coef=0.01,
+    router_z_loss_coef=0.0,
+    expert_dropout_rate=0.2,
+)
+_GSHARD = _SWITCH.replace(num_experts=32, num_selected_experts=2)
+_EXPERT_CHOICE = _SWITCH.replace(
+    num_experts=32,
+    encoder_router="experts_choose",
+    decoder_num_selected_experts=2,
+    capacity_factor_train=2.0,
+    capacity_factor_eval=2.0,
+)
+_ST_MOE = _SWITCH.replace(
+    num_experts=32, num_selected_experts=2, sparse_interval=4, router_z_loss_coef=0.001
+)
+
+for _experts in (8, 16, 32, 64, 128, 256):
+    SIZES[f"switch_base_{_experts}"] = ModelConfig(
+        name=f"switch_base_{_experts}", moe=_SWITCH.replace(num_experts=_experts), **_T5_1_0_BASE
+    )
+SIZES.update({
+    # The dense counterparts of switch_base_* / switch_large_128 (T5 1.0 shapes).
+    "switch_base_dense": ModelConfig(name="switch_base_dense", **_T5_1_0_BASE),
+    "switch_large_dense": ModelConfig(name="switch_large_dense", **_T5_1_0_LARGE),
+    "switch_large_128": ModelConfig(
+        name="switch_large_128", moe=_SWITCH.replace(num_experts=128), **_T5_1_0_LARGE
+    ),
+    "gs_base": ModelConfig(name="gs_base", moe=_GSHARD, **_T5_1_1_BASE),
+    "ec_base": ModelConfig(name="ec_base", moe=_EXPERT_CHOICE, **_T5_1_1_BASE),
+    "st_moe_base": ModelConfig(name="st_moe_base", moe=_ST_MOE, **_T5_1_1_BASE),
+    "st_moe_32b": ModelConfig(
+        name="st_moe_32b", vocab_size=32128, d_model=5120, num_heads=64, head_dim=128,
+        d_ff=20480, num_encoder_layers=24, num_decoder_layers=24, mlp_activation="gated-gelu",
+        tie_embeddings=False, moe=_ST_MOE.replace(num_experts=64),
+    ),
+    # Tiny variants for CPU tests and smoke runs (byte vocabulary, 2+2 layers, layer 1 sparse).
+    "switch_tiny_dense": ModelConfig(name="switch_tiny_dense", mlp_activation="relu",
+                                     tie_embeddings=True, **_TINY),
+    "switch_tiny_8": ModelConfig(name="switch_tiny_8", mlp_activation="relu", tie_embeddings=True,
+                                 moe=_SWITCH, **_TINY),
+    "gs_tiny": ModelConfig(name="gs_tiny", moe=_GSHARD.replace(num_experts=8), **_TINY),
+    "ec_tiny": ModelConfig(name="ec_tiny", moe=_EXPERT_CHOICE.replace(num_experts=8), **_TINY),
+    "st_moe_tiny": ModelConfig(name="st_moe_tiny", moe=_ST_MOE.replace(num_experts=8), **_TINY),
+})  # fmt: skip
+
+
+def dense_counterpart(config: ModelConfig) -> ModelConfig:
+    """The dense model with the same active compute per token as ``config``.
+
+    Where a sparse layer's active width (k experts + shared experts) equals d_ff and
+    there is no extra dense MLP (Switch: top-1, experts of size d_ff), this is simply
+    the config without experts. Otherwise the sparse layers become one always-used
+    "expert" of the active width (a router over one expert gives weight 1, and a
+    capacity factor of 1 never drops): dense compute, same FLOPs, same placement.
+    Expert choice counts ``capacity_factor_train`` experts per token (its average).
+    """
+    moe = config.moe
+    if moe is None:
+        return config
+    expert = moe.expert_d_ff(config.d_ff)
+
+    def active_width(decoder: bool) -> float:
+        if moe.router_type(decoder=decoder) == "experts_choose":
+            k: float = moe.capacity_factor_train * moe.expert_granularity
+        else:
+            k = moe.num_selected(decoder=decoder)
+        return (k + moe.num_shared_experts) * expert
+
+    widths = {active_width(False), active_width(True)}
+    name = f"{config.name}_dense"
+    if widths == {config.d_ff} and not moe.extra_dense_mlp:
+        return config.replace(name=name, moe=None)
+    if len(widths) != 1 or not float(next(iter(widths))).is_integer():
+        raise ValueError(
+            f"{config.name}: encoder and decoder sparse layers have active widths "
+            f"{sorted(widths)}; one dense counterpart needs a single integer width"
+        )
+    width = int(next(iter(widths)))
+    dense_moe = moe.replace(
+        num_experts=1, num_selected_experts=1, decoder_num_selected_experts=None,
+        encoder_router="tokens_choose", expert_granularity=1, num_shared_experts=0,
+        expert_mlp_dim=width, capacity_factor_train=1.0, capacity_factor_eval=1.0,
+        aux_loss_coef=0.0, router_z_loss_coef=0.0, router_jitter_noise=0.0,
+        batch_prioritized_routing=False, dropless=False,
+    )  # fmt: skip
+    return config.replace(name=name, moe=dense_moe)
 
 
 def get_config(name: str, **overrides) -> ModelConfig:

@@ -1,0 +1,415 @@
+"""The sparse Mixture-of-Experts feed-forward block and the collection of its losses.
+
+Einsum / shape legend:
+  b batch, l length, d embed (d_model), f expert hidden size (expert_mlp),
+  g group, s token within a group, e expert, c capacity slot, k a token's choice,
+  n routed assignments (dropless).
+
+Flow of ``MoeBlock`` (tokens [b, l, d] -> [b, l, d]):
+
+1. group: flatten batch and length and split into g groups of s tokens (``num_groups``);
+2. route (float32, ``flan_moe.model.routing``): router logits [g, s, e] -> ``Routing``;
+   sow the unweighted load-balancing / z losses and routing statistics;
+3. dispatch -> expert compute -> combine, by one of three paths:
+   * ``dispatch="einsum"``: one-hot dispatch and combine tensors [g, s, e, c]
+     (``gsd,gsec->gecd`` and ``gecd,gsec->gsd``), the t5x/flaxformer form;
+   * ``dispatch="gather"``: tokens move into the [g, e, c, d] expert buffers by a
+     gather with the router's precomputed ``slot_token`` indices, and back by
+     gathering each token's k slots (no scatter-add);
+   * ``dropless=True`` (gather only): all choices are sorted once by expert and run
+     through grouped matmuls (``jax.lax.ragged_dot``); no capacity, nothing dropped.
+   The expert MLP is one batched matmul over the stacked expert weights [e, d, f].
+4. add the DeepSeekMoE shared experts and the ST-MoE extra dense MLP, if configured.
+
+Expert parallelism (einsum and gather paths): buffers are constrained to
+('expert_group', ...) before and after, and to ('expert', 'expert_replicas', ...)
+around the expert matmuls; with an ``expert`` mesh axis the partitioner turns the
+change of layout into all-to-alls. The dropless path has no buffers to exchange: under
+an expert mesh axis the partitioner gathers the expert weights instead (use it on one
+device or with experts replicated).
+
+Losses and metrics are sown unweighted (each call overwrites its values);
+``collect_router_losses`` and ``collect_moe_metrics`` turn the collections into named
+arrays. Combination rule: a loss is averaged over the sparse layers of each stack and
+the stack averages are summed, as Hugging Face Switch sums its encoder and decoder
+losses. The z-loss then equals HF's exactly; HF pools a stack's sparse layers before
+multiplying f and P in the aux loss, which equals our per-layer mean exactly when a
+stack has one sparse layer (and each of our layer losses is HF's formula on that
+layer). The model loss is
+CE + aux_loss_coef * load_balancing_loss + router_z_loss_coef * router_z_loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from flan_moe.model import routing as routing_lib
+from flan_moe.model.config import ModelConfig, MoeConfig
+from flan_moe.model.layers import MlpBlock, activation, constrain, dtype_of
+
+Array = jax.Array
+
+LOSS_COLLECTION = "moe_losses"
+METRICS_COLLECTION = "moe_metrics"
+LOSS_NAMES = ("load_balancing_loss", "router_z_loss")
+
+
+class ExpertMlp(nn.Module):
+    """``num_experts`` MLPs with weights stacked on a leading expert axis.
+
+    wi_0, wi_1 (gated) or wi: [e, d, f], logical axes ('expert', 'embed', 'expert_mlp');
+    wo: [e, f, d], ('expert', 'expert_mlp', 'embed'). Each expert is initialised like a
+    dense T5 MLP (fan-in scaling over its own input dimension).
+    """
+
+    config: ModelConfig
+    num_experts: int
+    d_ff: int
+    dropout_rate: float
+
+    def setup(self) -> None:
+        cfg = self.config
+        pdtype = dtype_of(cfg.param_dtype)
+        init = nn.initializers.variance_scaling(
+            1.0, "fan_in", "normal", in_axis=-2, out_axis=-1, batch_axis=(0,)
+        )
+        e, d, f = self.num_experts, cfg.d_model, self.d_ff
+        in_axes = ("expert", "embed", "expert_mlp")
+        _, self.gated = activation(cfg.mlp_activation)
+
+        def param(name: str, shape: tuple[int, ...], axes: tuple[str, ...]) -> Array:
+            return self.param(name, nn.with_logical_partitioning(init, axes), shape, pdtype)
+
+        if self.gated:
+            self.wi_0 = param("wi_0", (e, d, f), in_axes)
+            self.wi_1 = param("wi_1", (e, d, f), in_axes)
+        else:
+            self.wi = param("wi", (e, d, f), in_axes)
+        self.wo = param("wo", (e, f, d), ("expert", "expert_mlp", "embed"))
+
+    def _dropout(self, h: Array, enable_dropout: bool) -> Array:
+        """Inverted dropout on the expert hidden units (the 'dropout' RNG stream)."""
+        if enable_dropout and self.dropout_rate > 0:
+            keep = 1.0 - self.dropout_rate
+            mask = jax.random.bernoulli(self.make_rng("dropout"), keep, h.shape)
+            return jnp.where(mask, h / keep, 0).astype(h.dtype)
+        return h
+
+    def __call__(self, x: Array, *, enable_dropout: bool) -> Array:
+        """Expert buffers [e, g, c, d] -> [e, g, c, d] (one batched matmul per weight)."""
+        dtype = dtype_of(self.config.dtype)
+        act, _ = activation(self.config.mlp_activation)
+        hidden_axes = ("expert", "expert_replicas", "unmodeled", "expert_mlp")
+        if self.gated:
+            gate = jnp.einsum("egcd,edf->egcf", x, self.wi_0.astype(dtype))
+            lin = jnp.einsum("egcd,edf->egcf", x, self.wi_1.astype(dtype))
+            h = act(gate) * lin
+        else:
+            h = act(jnp.einsum("egcd,edf->egcf", x, self.wi.astype(dtype)))
+        h = self._dropout(constrain(h, hidden_axes), enable_dropout)
+        y = jnp.einsum("egcf,efd->egcd", h, self.wo.astype(dtype))
+        return constrain(y, ("expert", "expert_replicas", "unmodeled", "embed"))
+
+    def ragged(self, x: Array, group_sizes: Array, *, enable_dropout: bool) -> Array:
+        """Rows [n, d] sorted by expert, ``group_sizes`` [e] -> [n, d] (grouped matmuls).
+
+        Rows past ``sum(group_sizes)`` belong to no expert and come out as zeros.
+        """
+        dtype = dtype_of(self.config.dtype)
+        act, _ = activation(self.config.mlp_activation)
+
+        def dot(lhs: Array, rhs: Array) -> Array:
+            return jax.lax.ragged_dot(lhs, rhs.astype(dtype), group_sizes)
+
+        if self.gated:
+            h = act(dot(x, self.wi_0)) * dot(x, self.wi_1)
+        else:
+            h = act(dot(x, self.wi))
+        h = self._dropout(h, enable_dropout)
+        return dot(h, self.wo)
+
+
+class MoeBlock(nn.Module):
+    """Sparse feed-forward block: router + experts (+ shared experts, + extra dense MLP).
+
+    ``__call__(x [b, l, d], *, padding_mask [b, l] bool | None, enable_dropout)`` returns
+    [b, l, d] in ``config.dtype``. ``enable_dropout`` also means "training": it selects
+    the train capacity factor and turns on router jitter and expert dropout.
+    Parameters: ``router/kernel`` [d, e] (+ ``router/bias``), ``experts/{wi_0,wi_1,wo}``
+    or ``experts/{wi,wo}``, ``shared_experts/...``, ``extra_mlp/...``.
+    """
+
+    config: ModelConfig
+    decoder: bool
+
+    @nn.compact
+    def __call__(self, x: Array, *, padding_mask: Array | None, enable_dropout: bool) -> Array:
+        cfg = self.config
+        moe = cfg.moe
+        if moe is None:
+            raise ValueError("MoeBlock needs config.moe (a MoeConfig); got None")
+        dtype = dtype_of(cfg.dtype)
+        b, length, d = x.shape
+        x = x.astype(dtype)
+        if moe.route_per_sequence:
+            g = b
+        else:
+            g = routing_lib.num_groups(
+                num_tokens=b * length,
+                max_group_size=moe.max_group_size,
+                multiple=moe.num_groups_multiple,
+            )
+        s = b * length // g
+        e = moe.num_experts
+        router_type = moe.router_type(decoder=self.decoder)
+        k = moe.num_selected(decoder=self.decoder)
+
+        with jax.named_scope("route"):
+            xg = constrain(x.reshape(g, s, d), ("expert_group", "unmodeled", "embed"))
+            valid = None
+            if moe.router_ignore_padding_tokens and padding_mask is not None:
+                valid = padding_mask.reshape(g, s).astype(bool)
+            logits = routing_lib.RouterWeights(
+                e,
+                use_bias=moe.router_bias,
+                jitter_noise=moe.router_jitter_noise,
+                param_dtype=cfg.param_dtype,
+                name="router",
+            )(xg, enable_dropout=enable_dropout)
+            probs = jax.nn.softmax(logits, axis=-1)
+            capacity_factor = moe.capacity_factor(train=enable_dropout)
+            if router_type == "experts_choose":
+                capacity = routing_lib.expert_capacity(
+                    tokens_per_group=s,
+                    num_experts=e,
+                    num_selected=1,
+                    capacity_factor=capacity_factor,
+                    min_capacity=moe.min_expert_capacity,
+                )
+                routing = routing_lib.experts_choose(probs, capacity=capacity, valid=valid)
+            else:
+                capacity = None
+                if not moe.dropless:
+                    capacity = routing_lib.expert_capacity(
+                        tokens_per_group=s,
+                        num_experts=e,
+                        num_selected=k,
+                        capacity_factor=capacity_factor,
+                        min_capacity=moe.min_expert_capacity,
+                    )
+                routing = routing_lib.tokens_choose(
+                    probs,
+                    k=k,
+                    capacity=capacity,
+                    valid=valid,
+                    batch_prioritized=moe.batch_prioritized_routing and not self.decoder,
+                    renormalize=moe.renormalize_top_k,
+                )
+            self._sow_losses_and_metrics(moe, logits, probs, routing, valid, router_type, k)
+
+        if moe.dropless:
+            y = self._dropless(xg, routing, enable_dropout)
+        elif moe.dispatch == "einsum":
+            y = self._einsum_path(xg, routing, enable_dropout)
+        else:
+            y = self._gather_path(xg, routing, enable_dropout)
+        y = y.reshape(b, length, d)
+
+        expert_d_ff = moe.expert_d_ff(cfg.d_ff)
+        if moe.num_shared_experts > 0:
+            # N shared experts of width f == one MLP of width N * f (hidden units concatenate).
+            y = y + MlpBlock(
+                cfg,
+                d_ff=moe.num_shared_experts * expert_d_ff,
+                dropout_rate=moe.expert_dropout_rate,
+                name="shared_experts",
+            )(x, enable_dropout=enable_dropout)
+        if moe.extra_dense_mlp:
+            y = y + MlpBlock(cfg, name="extra_mlp")(x, enable_dropout=enable_dropout)
+        return constrain(y.astype(dtype), ("batch", "length", "embed"))
+
+    # --- losses and metrics -------------------------------------------------------
+
+    def _sow_losses_and_metrics(
+        self,
+        moe: MoeConfig,
+        logits: Array,
+        probs: Array,
+        routing: routing_lib.Routing,
+        valid: Array | None,
+        router_type: str,
+        k: int,
+    ) -> None:
+        def sow(collection: str, name: str, value: Array) -> None:
+            # Overwrite, not append: stale values (e.g. from ``init``) never mix in.
+            self.sow(collection, name, value, init_fn=lambda: 0.0, reduce_fn=lambda _, v: v)
+
+        tokens_choose = router_type == "tokens_choose"
+        # Expert choice is balanced by construction: it has no load-balancing loss.
+        if moe.aux_loss_coef > 0 and tokens_choose:
+            loss = routing_lib.load_balancing_loss(probs, routing.expert_index, valid)
+            sow(LOSS_COLLECTION, "load_balancing_loss", loss)
+        if moe.router_z_loss_coef > 0:
+            sow(LOSS_COLLECTION, "router_z_loss", routing_lib.router_z_loss(logits, valid))
+        if self.is_mutable_collection(METRICS_COLLECTION):
+            metrics = routing_lib.routing_metrics(
+                jax.lax.stop_gradient(probs),
+                jax.tree_util.tree_map(jax.lax.stop_gradient, routing),
+                valid,
+                tokens_choose_k=k if tokens_choose else None,
+            )
+            for name, value in metrics.items():
+                sow(METRICS_COLLECTION, name, value)
+
+    # --- dispatch paths -------------------------------------------------------------
+
+    def _experts(self, d_ff: int) -> ExpertMlp:
+        moe = self.config.moe
+        return ExpertMlp(
+            self.config, moe.num_experts, d_ff, moe.expert_dropout_rate, name="experts"
+        )
+
+    def _run_experts(self, buffers: Array, enable_dropout: bool) -> Array:
+        """[g, e, c, d] buffers -> expert outputs [g, e, c, d] (all-to-all when sharded)."""
+        buffers = constrain(buffers, ("expert_group", "unmodeled", None, "embed"))
+        with jax.named_scope("expert_compute"):
+            x = buffers.transpose(1, 0, 2, 3)  # [e, g, c, d]
+            x = constrain(x, ("expert", "expert_replicas", "unmodeled", "embed"))
+            experts = self._experts(self.config.moe.expert_d_ff(self.config.d_ff))
+            y = experts(x, enable_dropout=enable_dropout)
+            y = y.transpose(1, 0, 2, 3)  # [g, e, c, d]
+        return constrain(y, ("expert_group", "unmodeled", None, "embed"))
+
+    def _einsum_path(self, xg: Array, routing: routing_lib.Routing, enable_dropout: bool) -> Array:
+        dtype = dtype_of(self.config.dtype)
+        e = self.config.moe.num_experts
+        c = routing.slot_token.shape[-1]
+        with jax.named_scope("dispatch"):
+            expert_1h = jax.nn.one_hot(routing.expert_index, e, dtype=jnp.float32)  # [g,s,k,e]
+            slot_1h = jax.nn.one_hot(routing.slot, c, dtype=jnp.float32)  # [g,s,k,c]
+            kept = routing.kept.astype(jnp.float32)
+            dispatch = jnp.einsum("gsk,gske,gskc->gsec", kept, expert_1h, slot_1h)
+            combine = jnp.einsum("gsk,gske,gskc->gsec", routing.weight, expert_1h, slot_1h)
+            buffers = jnp.einsum("gsd,gsec->gecd", xg, dispatch.astype(dtype))
+        y = self._run_experts(buffers, enable_dropout)
+        with jax.named_scope("combine"):
+            return jnp.einsum("gecd,gsec->gsd", y, combine.astype(dtype))
+
+    def _gather_path(self, xg: Array, routing: routing_lib.Routing, enable_dropout: bool) -> Array:
+        dtype = dtype_of(self.config.dtype)
+        g, s, d = xg.shape
+        e, c = routing.slot_token.shape[1:]
+        with jax.named_scope("dispatch"):
+            # Row s of the padded tokens is zeros: the source of every empty slot.
+            padded = jnp.concatenate([xg, jnp.zeros((g, 1, d), xg.dtype)], axis=1)
+            buffers = jax.vmap(lambda rows, idx: rows[idx])(padded, routing.slot_token)
+        y = self._run_experts(buffers, enable_dropout)  # [g, e, c, d]
+        with jax.named_scope("combine"):
+            flat = jnp.concatenate([y.reshape(g, e * c, d), jnp.zeros((g, 1, d), y.dtype)], 1)
+            where = jnp.where(routing.kept, routing.expert_index * c + routing.slot, e * c)
+            per_choice = jax.vmap(lambda rows, idx: rows[idx])(flat, where)  # [g, s, k, d]
+            return jnp.einsum("gskd,gsk->gsd", per_choice, routing.weight.astype(dtype))
+
+    def _dropless(self, xg: Array, routing: routing_lib.Routing, enable_dropout: bool) -> Array:
+        dtype = dtype_of(self.config.dtype)
+        g, s, d = xg.shape
+        kk = routing.expert_index.shape[-1]
+        e = self.config.moe.num_experts
+        n = g * s * kk
+        with jax.named_scope("dispatch"):
+            # Sort all g*s*k choices once by expert; unrouted ones (padding) go last.
+            key = jnp.where(routing.kept, routing.expert_index, e).reshape(n)
+            perm = jnp.argsort(key, stable=True)
+            group_sizes = jnp.bincount(key, length=e + 1)[:e].astype(jnp.int32)
+            rows = jnp.take(xg.reshape(g * s, d), perm // kk, axis=0)  # [n, d]
+        with jax.named_scope("expert_compute"):
+            experts = self._experts(self.config.moe.expert_d_ff(self.config.d_ff))
+            out = experts.ragged(rows, group_sizes, enable_dropout=enable_dropout)
+        with jax.named_scope("combine"):
+            inverse = jnp.zeros_like(perm).at[perm].set(jnp.arange(n, dtype=perm.dtype))
+            per_choice = jnp.take(out, inverse, axis=0).reshape(g, s, kk, d)
+            return jnp.einsum("gskd,gsk->gsd", per_choice, routing.weight.astype(dtype))
+
+
+# --- Collecting the sown values ------------------------------------------------------
+
+
+def _flat_sown(collection: Mapping, name: str) -> dict[tuple[str, ...], Array]:
+    """{path of the owning layer (without the block name): value} for a sown name."""
+    if LOSS_COLLECTION in collection or METRICS_COLLECTION in collection:
+        raise ValueError(
+            "pass the collection itself (e.g. state['moe_losses']), not the whole mutated "
+            "variables dict"
+        )
+    out = {}
+    for path, value in traverse_util.flatten_dict(dict(collection)).items():
+        if path[-1] != name:
+            continue
+        values = value if isinstance(value, tuple) else (value,)
+        module_path = tuple(p for p in path[:-2] if p)  # drop the MoeBlock's own name
+        # MoeBlock overwrites its sown values (one array); a tuple comes from other
+        # sow settings: average the calls.
+        out[module_path] = jnp.mean(jnp.stack([jnp.asarray(v) for v in values]), axis=0)
+    return out
+
+
+def _stack_of(path: tuple[str, ...]) -> str:
+    for part in path:
+        if part in ("encoder", "decoder"):
+            return part
+    return "model"
+
+
+def collect_router_losses(moe_losses: Mapping[str, Any]) -> dict[str, Array]:
+    """Unweighted router losses from the ``moe_losses`` collection of ``model.apply``.
+
+    Returns, for each sown loss name (``load_balancing_loss``, ``router_z_loss``):
+    per layer ``"encoder/layers_1/load_balancing_loss"``, per stack (mean over that
+    stack's sparse layers) ``"encoder/load_balancing_loss"``, and the total (sum of the
+    stack means, Hugging Face Switch's combination) ``"load_balancing_loss"``. A loss
+    no layer sowed (coefficient 0, or expert choice everywhere) is 0.0 in the total.
+    """
+    out: dict[str, Array] = {}
+    for name in LOSS_NAMES:
+        per_layer = _flat_sown(moe_losses, name)
+        stacks: dict[str, list[Array]] = {}
+        for path, value in sorted(per_layer.items()):
+            out["/".join((*path, name))] = value
+            stacks.setdefault(_stack_of(path), []).append(value)
+        total = jnp.zeros((), jnp.float32)
+        for stack, values in stacks.items():
+            mean = jnp.mean(jnp.stack(values))
+            out[f"{stack}/{name}"] = mean
+            total = total + mean
+        out[name] = total
+    return out
+
+
+def collect_moe_metrics(moe_metrics: Mapping[str, Any]) -> dict[str, Array]:
+    """Routing statistics from the ``moe_metrics`` collection of ``model.apply``.
+
+    Per layer ``"encoder/layers_1/fraction_dropped"`` etc., and the mean over all sparse
+    layers under the bare name (``"fraction_dropped"``, ``"router_confidence"``,
+    ``"router_entropy"``, ``"expert_usage"`` [e] when all layers have the same e), plus
+    ``"expert_usage_max"``: the largest expert share, averaged over layers (1/e is
+    perfectly balanced).
+    """
+    out: dict[str, Array] = {}
+    names = ("fraction_dropped", "expert_usage", "router_confidence", "router_entropy")
+    for name in names:
+        per_layer = _flat_sown(moe_metrics, name)
+        for path, value in sorted(per_layer.items()):
+            out["/".join((*path, name))] = value
+        values = list(per_layer.values())
+        if not values or len({v.shape for v in values}) != 1:
+            continue
+        out[name] = jnp.mean(jnp.stack(values), axis=0)
+        if name == "expert_usage":
+            out["expert_usage_max"] = jnp.mean(jnp.stack([jnp.max(v) for v in values]))
+    return out
