@@ -1,0 +1,18 @@
+"""SeqIO registries. ``import tasks`` registers every task and mixture (reads no data file).
+
+- ``tasks.local_flan``: the local FLAN mix (``flan_mini.*``, ``flan_cot.*``, ``flan_mini``,
+  ``flan_cot``, ``flan_local``, ``flan2022_local``).
+- ``tasks.flan_collection``: the TFDS-backed FLAN collection (``flan.*``, ``flan2021_tfds``,
+  ``t0_tfds``, ``flan2022``).
+- ``tasks.heldout``: MMLU / BBH / GSM8K / SVAMP evaluation tasks (never in a training mixture).
+
+Names are documented in WORKSPACE.md.
+"""
+
+from tasks import flan_collection, heldout, local_flan
+
+local_flan.register()
+heldout.register()
+flan_collection.register()
+
+TRAINING_MIXTURES: tuple[str, ...] = (*local_flan.LOCAL_MIXTURES, *flan_collection.TFDS_MIXTURES)
