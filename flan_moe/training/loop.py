@@ -11,7 +11,9 @@ the same params as an uninterrupted one. ``train_steps`` counts steps of THIS
 invocation (not an absolute step): two invocations of 50 steps end at step 100.
 
 Checkpoints: every ``checkpoint_every`` steps, at the end, and on SIGTERM/SIGINT
-(the step in flight finishes, a checkpoint is written, the run returns). A NaN/Inf
+(the step in flight finishes, a checkpoint is written, the run returns).
+``train_steps=0`` on a fresh ``model_dir`` writes the initial model as checkpoint 0
+(to evaluate a model before it is trained). A NaN/Inf
 loss raises ``NonFiniteLossError`` naming the step and the last good checkpoint;
 no checkpoint is written after it.
 """
@@ -245,6 +247,10 @@ def train(
             drain()
             if latest is not None and start == end:
                 last_checkpoint = checkpointer.path(latest)
+            elif start == end:
+                # TRAIN_STEPS=0 on a fresh MODEL_DIR: write the initial model (from scratch
+                # or INITIAL_CHECKPOINT_PATH) so it can be evaluated before any training.
+                save(state, start)
     finally:
         checkpointer.close()
         writer.close()
