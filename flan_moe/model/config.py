@@ -344,6 +344,36 @@ SIZES.update({
     "st_moe_tiny": ModelConfig(name="st_moe_tiny", moe=_ST_MOE.replace(num_experts=8), **_TINY),
 })  # fmt: skip
 
+# Expert-count ablation at tiny scale (same active compute as switch_tiny_8).
+for _experts in (4, 16):
+    SIZES[f"switch_tiny_{_experts}"] = ModelConfig(
+        name=f"switch_tiny_{_experts}", mlp_activation="relu", tie_embeddings=True,
+        moe=_SWITCH.replace(num_experts=_experts), **_TINY,
+    )  # fmt: skip
+
+# Small variants (the "small" experiment scale): Switch on T5 1.0 small shapes
+# (d_model 512, d_ff 2048, 8 heads, 6+6 layers), the others on T5 v1.1 small shapes.
+_T5_1_0_SMALL = dict(
+    d_model=512, num_heads=8, d_ff=2048, num_encoder_layers=6, num_decoder_layers=6, **_T5_1_0
+)
+_T5_1_1_SMALL = dict(
+    d_model=512, num_heads=6, d_ff=1024, num_encoder_layers=8, num_decoder_layers=8, **_T5_1_1
+)
+for _experts in (8, 16, 32):
+    SIZES[f"switch_small_{_experts}"] = ModelConfig(
+        name=f"switch_small_{_experts}",
+        moe=_SWITCH.replace(num_experts=_experts),
+        **_T5_1_0_SMALL,
+    )
+SIZES.update({
+    "switch_small_dense": ModelConfig(name="switch_small_dense", **_T5_1_0_SMALL),
+    "gs_small": ModelConfig(name="gs_small", moe=_GSHARD.replace(num_experts=8), **_T5_1_1_SMALL),
+    "ec_small": ModelConfig(name="ec_small", moe=_EXPERT_CHOICE.replace(num_experts=8),
+                            **_T5_1_1_SMALL),
+    "st_moe_small": ModelConfig(name="st_moe_small", moe=_ST_MOE.replace(num_experts=8),
+                                **_T5_1_1_SMALL),
+})  # fmt: skip
+
 
 def dense_counterpart(config: ModelConfig) -> ModelConfig:
     """The dense model with the same active compute per token as ``config``.
