@@ -8,3 +8,22 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+_DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real data: $FLAN_MOE_DATA_DIR, else ../shared/data beside the checkout.
+
+    Skips (with the reason) when the data is absent; CI always has it.
+    """
+    d = Path(os.environ.get("FLAN_MOE_DATA_DIR") or _DEFAULT_DATA)
+    if not (d / "flan_cot").is_dir() or not (d / "mmlu").is_dir():
+        pytest.skip(f"no data at {d}: set FLAN_MOE_DATA_DIR (e.g. ../shared/data)")
+    os.environ["FLAN_MOE_DATA_DIR"] = str(d)
+    return d

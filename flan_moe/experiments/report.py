@@ -34,6 +34,9 @@ HELDOUT_COLUMNS = (
 )
 REASONING_COLUMNS = ((("gsm8k", "cot"), "GSM8K-CoT"), (("svamp", "cot"), "SVAMP-CoT"))
 Columns = tuple[tuple[tuple[str, str], str], ...]
+# The evaluator caps shots at a suite's exemplar count (BBH has 3 per file) and records
+# the shots actually used; a k-shot column reads those entries.
+MAX_SHOTS = {"bbh": 3}
 MISSING = "—"
 
 
@@ -73,7 +76,7 @@ def run_scores(
             for e in entries
             if (e.family or results_lib.suite_family(e.suite)) == family
             and e.mode == mode
-            and e.shots == shots
+            and e.shots == min(shots, MAX_SHOTS.get(family, shots))
             and (method is None or e.method == method)
         ]
         matching.sort(key=lambda e: e.created)

@@ -15,12 +15,15 @@ Stages run as subprocesses of ``python -m flan_moe.cli.train`` and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
+import importlib
+import logging
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -45,6 +48,43 @@ def _gin_value(value: Any) -> str:
     return repr(value)
 
 
+def _run_in_process(command: tuple[str, ...]) -> Callable[[Path, TextIO], None]:
+    """A stage function running a ``python -m flan_moe.cli.X`` command in this process.
+
+    Faster than a subprocess (no interpreter start-up, compiled functions are reused);
+    the tests use it. Output and ``flan_moe`` log lines go to the stage log.
+    """
+    module, argv = command[2], list(command[3:])
+
+    def run(folder: Path, log: TextIO) -> None:
+        del folder
+        main = importlib.import_module(module).main
+        logger = logging.getLogger("flan_moe")
+        handler = logging.StreamHandler(log)
+        handler._flan_moe = True  # type: ignore[attr-defined]  # the CLIs add no handler
+        logger.addHandler(handler)
+        old_handlers = [h for h in logger.handlers if h is not handler]
+        for h in old_handlers:
+            logger.removeHandler(h)
+        try:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                status = main(argv)
+        finally:
+            logger.removeHandler(handler)
+            for h in old_handlers:
+                logger.addHandler(h)
+        if isinstance(status, int) and status != 0:
+            raise RuntimeError(f"{module} returned status {status}")
+
+    return run
+
+
+def _stage(name: str, command: tuple[str, ...], depends_on: tuple[str, ...], in_process: bool):
+    if in_process:
+        return pipeline.Stage(name, function=_run_in_process(command), depends_on=depends_on)
+    return pipeline.Stage(name, command=command, depends_on=depends_on)
+
+
 def _train_command(
     scale: Scale,
     run: ModelRun,
@@ -65,6 +105,7 @@ def _train_command(
     }
     if initial_checkpoint is not None:
         bindings["INITIAL_CHECKPOINT_PATH"] = str(initial_checkpoint)
+    bindings.update(scale.train_bindings)
     bindings.update(dict(run.bindings))
     return (
         sys.executable,
@@ -87,8 +128,12 @@ def _eval_command(
         f"--suites={','.join(experiment.eval_suites)}",
         f"--mode={mode}",
         f"--shots={shots}",
+        # Direct answers are ranked over the options (rank classification); chain of
+        # thought is generated and its final answer extracted.
+        f"--method={'score' if mode == 'direct' else 'generate'}",
         f"--max_decode_length={scale.max_decode_length}",
         f"--batch_size={scale.eval_batch_size}",
+        f"--max_input_length={scale.eval_max_input_length}",
         "--latest_only",
     ]
     if scale.eval_subsample is not None:
@@ -108,41 +153,87 @@ class RunPlan:
     final_model_dir: Path
 
 
-def plan_run(experiment: Experiment, scale: Scale, run: ModelRun, root: Path) -> RunPlan:
+def _eval_stages(
+    experiment: Experiment,
+    scale: Scale,
+    name: str,
+    model_dir: Path,
+    depends_on: tuple[str, ...],
+    in_process: bool,
+) -> list[pipeline.Stage]:
+    return [
+        _stage(
+            f"{name}/eval_{mode}_{shots}shot",
+            _eval_command(scale, experiment, model_dir=model_dir, mode=mode, shots=shots),
+            depends_on,
+            in_process,
+        )
+        for mode in experiment.eval_modes
+        for shots in shot_counts(experiment, scale)
+    ]
+
+
+def plan_run(
+    experiment: Experiment, scale: Scale, run: ModelRun, root: Path, *, in_process: bool = False
+) -> RunPlan:
     name = slug(run.label)
     stages: list[pipeline.Stage] = []
     model_dir: Path | None = None
-    fraction = float(dict(run.bindings).get("STEP_FRACTION", 1.0))
-    run = dataclasses.replace(run, bindings=tuple(
-        (k, v) for k, v in run.bindings if k != "STEP_FRACTION"
-    ))  # fmt: skip
     if experiment.instruction_tune:
         stage = f"{name}/instruction_tune"
         model_dir = pipeline.stage_dir(root, stage) / "model"
-        steps = max(1, round(scale.instruction_tune_steps * fraction))
-        stages.append(pipeline.Stage(stage, command=_train_command(
+        steps = max(1, round(scale.instruction_tune_steps * run.step_fraction))
+        stages.append(_stage(stage, _train_command(
             scale, run, model_dir=model_dir, task=INSTRUCTION_MIXTURE, steps=steps,
             initial_checkpoint=None, run_gin="instruction_tune.gin",
-        )))  # fmt: skip
+        ), (), in_process))  # fmt: skip
     if experiment.finetune:
         stage = f"{name}/finetune"
         init = model_dir
         model_dir = pipeline.stage_dir(root, stage) / "model"
-        stages.append(pipeline.Stage(stage, depends_on=tuple(s.name for s in stages), command=(
-            _train_command(scale, run, model_dir=model_dir, task=FINETUNE_TASK,
-                           steps=scale.finetune_steps, initial_checkpoint=init,
-                           run_gin="finetune.gin")
-        )))  # fmt: skip
+        stages.append(_stage(stage, _train_command(
+            scale, run, model_dir=model_dir, task=FINETUNE_TASK, steps=scale.finetune_steps,
+            initial_checkpoint=init, run_gin="finetune.gin",
+        ), tuple(s.name for s in stages), in_process))  # fmt: skip
     assert model_dir is not None, "an experiment trains at least once"
     trained = tuple(s.name for s in stages)
-    for mode in experiment.eval_modes:
-        for shots in shot_counts(experiment, scale):
-            stages.append(pipeline.Stage(
-                f"{name}/eval_{mode}_{shots}shot", depends_on=trained,
-                command=_eval_command(scale, experiment, model_dir=model_dir, mode=mode,
-                                      shots=shots),
-            ))  # fmt: skip
+    stages += _eval_stages(experiment, scale, name, model_dir, trained, in_process)
     return RunPlan(run, tuple(stages), model_dir)
+
+
+def plan_untuned(
+    experiment: Experiment, scale: Scale, run: ModelRun, root: Path, *, in_process: bool = False
+) -> RunPlan:
+    """The same model before instruction tuning: its initial weights, evaluated alike.
+
+    (From scratch at the tiny scale, so "before" is a random initialisation there; at
+    larger scales pass INITIAL_CHECKPOINT_PATH in the run's bindings.)
+    """
+    untuned = dataclasses.replace(
+        run,
+        label=f"{run.label} (before IT)",
+        attributes={**run.attributes, "untuned_of": run.label, "instruction_tuned": False},
+    )
+    name = slug(untuned.label)
+    stage = f"{name}/initial_model"
+    model_dir = pipeline.stage_dir(root, stage) / "model"
+    init = _stage(stage, _train_command(
+        scale, untuned, model_dir=model_dir, task="synthetic", steps=0,
+        initial_checkpoint=None, run_gin="instruction_tune.gin",
+    ), (), in_process)  # fmt: skip
+    evals = _eval_stages(experiment, scale, name, model_dir, (stage,), in_process)
+    return RunPlan(untuned, (init, *evals), model_dir)
+
+
+def plan_experiment(
+    experiment: Experiment, scale: Scale, root: Path, *, in_process: bool = False
+) -> list[RunPlan]:
+    plans = [plan_run(experiment, scale, r, root, in_process=in_process) for r in experiment.runs]
+    if "instruction_tuning_gain" in experiment.figures:
+        plans += [
+            plan_untuned(experiment, scale, r, root, in_process=in_process) for r in experiment.runs
+        ]
+    return plans
 
 
 def experiment_root(base: str | os.PathLike, experiment: Experiment, scale: Scale) -> Path:
@@ -174,7 +265,14 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     tables: list[report.Table] = []
     for shots in shot_counts(experiment, scale):
-        title = f"{experiment.title} — {shots}-shot ({scale.name} scale)"
+        shots_text = (
+            "zero-shot"
+            if shots == 0
+            else f"few-shot (MMLU {shots}-shot, BBH {min(shots, report.MAX_SHOTS['bbh'])}-shot)"
+        )
+        if experiment.finetune:
+            shots_text = "zero-shot after finetuning"
+        title = f"{experiment.title} — {shots_text} ({scale.name} scale)"
         if experiment.finetune:
             tables.append(report.results_table(runs, shots=shots, title=title,
                                                columns=report.REASONING_COLUMNS))  # fmt: skip
@@ -205,10 +303,14 @@ def run_experiment(
     force: Sequence[str] = (),
     verbose: bool = True,
     out: TextIO = sys.stdout,
+    in_process: bool = False,
 ) -> tuple[list[pipeline.StageOutcome], dict[str, Path]]:
-    """Run (or resume) every stage, then write the report; returns outcomes and paths."""
+    """Run (or resume) every stage, then write the report; returns outcomes and paths.
+
+    ``in_process`` runs the train/eval commands in this process instead of subprocesses.
+    """
     root = experiment_root(base_dir, experiment, scale)
-    plans = [plan_run(experiment, scale, run, root) for run in experiment.runs]
+    plans = plan_experiment(experiment, scale, root, in_process=in_process)
     stages = [stage for plan in plans for stage in plan.stages]
     outcomes = pipeline.run_pipeline(stages, root, force=force, verbose=verbose, out=out)
     paths = build_report(experiment, scale, plans, root)

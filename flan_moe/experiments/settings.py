@@ -35,9 +35,14 @@ class Scale:
     batch_size: int
     feature_lengths: Mapping[str, int]
     eval_subsample: int | None  # examples per subtask; None = all
-    few_shot: int  # k for MMLU (BBH always uses its 3 exemplars)
+    few_shot: int  # k for MMLU (BBH uses at most its 3 exemplars)
     max_decode_length: int
     eval_batch_size: int
+    # Prompts longer than this drop exemplars, then are cut from the left (both counted).
+    eval_max_input_length: int
+    # Extra gin bindings for every training stage at this scale (e.g. a larger learning
+    # rate so that tiny models learn something in a few dozen steps).
+    train_bindings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _roles(dense: str, switch: str, gs: str, ec: str, st: str, experts: Mapping[int, str]):
@@ -58,14 +63,16 @@ SCALES: dict[str, Scale] = {
         batch_size=8,
         feature_lengths={"inputs": 256, "targets": 64},
         eval_subsample=2,
-        few_shot=5,
+        few_shot=1,
         max_decode_length=24,
         eval_batch_size=16,
+        eval_max_input_length=1024,
+        train_bindings={"OptimizerConfig.learning_rate": 3e-3, "TrainConfig.log_every": 10},
     ),
     "small": Scale(
         name="small",
         models=_roles(
-            "t5_1_1_small", "switch_small_8", "gs_small", "ec_small", "st_moe_small",
+            "switch_small_dense", "switch_small_8", "gs_small", "ec_small", "st_moe_small",
             {8: "switch_small_8", 16: "switch_small_16", 32: "switch_small_32"},
         ),
         instruction_tune_steps=2000,
@@ -76,6 +83,7 @@ SCALES: dict[str, Scale] = {
         few_shot=5,
         max_decode_length=128,
         eval_batch_size=32,
+        eval_max_input_length=1024,
     ),
     "base": Scale(
         name="base",
@@ -92,6 +100,7 @@ SCALES: dict[str, Scale] = {
         few_shot=5,
         max_decode_length=256,
         eval_batch_size=64,
+        eval_max_input_length=2048,
     ),
     "paper": Scale(
         name="paper",
@@ -108,6 +117,7 @@ SCALES: dict[str, Scale] = {
         few_shot=5,
         max_decode_length=512,
         eval_batch_size=64,
+        eval_max_input_length=2048,
     ),
 }  # fmt: skip
 
@@ -116,8 +126,10 @@ SCALES: dict[str, Scale] = {
 class ModelRun:
     label: str
     role: str  # resolved to a model gin file by the scale
-    bindings: tuple[tuple[str, Any], ...] = ()  # extra gin macros for its training stages
+    bindings: tuple[tuple[str, Any], ...] = ()  # extra gin bindings for its training stages
     attributes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # Fraction of the scale's instruction-tuning steps (data-efficiency ablation).
+    step_fraction: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +148,7 @@ class Experiment:
 
 # Single-task finetuning (settings 1 and 3): GSM8K's chain-of-thought training data,
 # evaluated held-out on the GSM8K test set and SVAMP.
-FINETUNE_TASK = "flan_cot_gsm8k"
+FINETUNE_TASK = "flan_cot.gsm8k"
 FINETUNE_EVAL_SUITES = ("gsm8k", "svamp")
 INSTRUCTION_MIXTURE = "flan_local"
 
@@ -220,7 +232,8 @@ def _num_experts() -> Experiment:
 
 def _freeze() -> Experiment:
     runs = tuple(
-        ModelRun(label, "switch", bindings=(("FREEZE", value),), attributes={"freeze": value})
+        ModelRun(label, "switch", bindings=(("OptimizerConfig.freeze", value),),
+                 attributes={"freeze": value})
         for label, value in (("train all", "none"), ("freeze gate", "gate"),
                              ("freeze expert", "expert"), ("freeze MoE", "moe"))
     )  # fmt: skip
@@ -233,10 +246,9 @@ def _freeze() -> Experiment:
 def _losses() -> Experiment:
     runs = (
         ModelRun("aux 0.01, z 0", "switch"),
-        ModelRun("no aux loss", "switch",
-                 bindings=(("MODEL_OVERRIDES", {"moe.aux_loss_coef": 0.0}),)),
+        ModelRun("no aux loss", "switch", bindings=(("LossConfig.aux_loss_coef", 0.0),)),
         ModelRun("aux 0.01, z 0.001", "switch",
-                 bindings=(("MODEL_OVERRIDES", {"moe.router_z_loss_coef": 0.001}),)),
+                 bindings=(("LossConfig.router_z_loss_coef", 0.001),)),
     )  # fmt: skip
     return _ablation(
         "ablation_losses", "Ablation: auxiliary load-balancing and router z-loss",
@@ -247,7 +259,8 @@ def _losses() -> Experiment:
 def _expert_dropout() -> Experiment:
     runs = tuple(
         ModelRun(f"expert dropout {rate}", "switch",
-                 bindings=(("MODEL_OVERRIDES", {"moe.expert_dropout_rate": rate}),),
+                 bindings=(("RUN_MODEL_OVERRIDES",
+                             {"dropout_rate": 0.05, "moe": {"expert_dropout_rate": rate}}),),
                  attributes={"expert_dropout": rate})
         for rate in (0.2, 0.0, 0.1)
     )  # fmt: skip
@@ -263,7 +276,7 @@ def _data_efficiency() -> Experiment:
         for role, family in (("switch", "moe"), ("dense", "dense")):
             runs.append(
                 ModelRun(f"{family} {int(fraction * 100)}% of examples", role,
-                         bindings=(("STEP_FRACTION", fraction),),
+                         step_fraction=fraction,
                          attributes={"family": family, "data_fraction": fraction})
             )  # fmt: skip
     return _ablation(

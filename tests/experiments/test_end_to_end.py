@@ -1,0 +1,84 @@
+"""The tiny setting-2 pipeline, 2 training steps per stage, end to end (in process)."""
+
+import dataclasses
+import io
+import json
+
+import pytest
+
+from flan_moe.evaluation import results as R
+from flan_moe.experiments import report, runner, settings
+
+pytestmark = pytest.mark.usefixtures("data_dir")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    scale = dataclasses.replace(
+        settings.get_scale("tiny"),
+        name="test",
+        instruction_tune_steps=2,
+        feature_lengths={"inputs": 64, "targets": 16},
+        eval_subsample=1,
+        eval_max_input_length=128,
+        max_decode_length=6,
+    )
+    experiment = settings.get_experiment("setting2")
+    base = tmp_path_factory.mktemp("experiments")
+    out = io.StringIO()
+    outcomes, paths = runner.run_experiment(
+        experiment, scale, base, in_process=True, verbose=False, out=out
+    )
+    return experiment, scale, base, outcomes, paths, out.getvalue()
+
+
+def test_every_stage_finishes_and_writes_results(finished):
+    experiment, scale, base, outcomes, paths, log = finished
+    assert [o.status for o in outcomes] == ["done"] * len(outcomes), log
+    root = runner.experiment_root(base, experiment, scale)
+    plans = runner.plan_experiment(experiment, scale, root)
+    assert len(plans) == 4  # two models, and each before instruction tuning
+    for plan in plans:
+        files = runner.results_files(plan.final_model_dir)
+        assert len(files) == 1
+        entries = R.read_results(files[0])
+        keys = {(e.suite, e.mode, e.shots) for e in entries}
+        # BBH's few-shot entry records the shots used: min(k, 3).
+        assert keys == {
+            (suite, mode, shots if suite == "mmlu" else min(shots, 3))
+            for suite in ("mmlu", "bbh")
+            for mode in ("direct", "cot")
+            for shots in (0, scale.few_shot)
+        }
+
+
+def test_table_values_equal_results_json(finished):
+    experiment, scale, base, outcomes, paths, log = finished
+    tables = json.loads((paths["report.md"].parent / "tables.json").read_text())
+    root = runner.experiment_root(base, experiment, scale)
+    checked = 0
+    for plan in runner.plan_experiment(experiment, scale, root):
+        entries = R.read_results(runner.results_files(plan.final_model_dir)[0])
+        for title, table in tables.items():
+            shots = 0 if "zero-shot" in title else scale.few_shot
+            row = table[plan.run.label]
+            for (family, mode), column in report.HELDOUT_COLUMNS:
+                want = min(shots, report.MAX_SHOTS.get(family, shots))
+                (entry,) = [e for e in entries if (e.suite, e.mode, e.shots) == (family, mode, want)]
+                summary = entry.summary
+                value = summary["macro_avg_tasks"] if family == "bbh" else summary["macro_avg"]
+                assert row[column] == pytest.approx(100 * value)
+                checked += 1
+    assert checked == 4 * 2 * 4
+    html = paths["report.html"].read_text()
+    assert "<table>" in html and "instruction_tuning_gain.png" in html
+    png = paths["report.html"].parent / "instruction_tuning_gain.png"
+    assert png.stat().st_size > 1000
+
+
+def test_rerun_skips_finished_stages(finished):
+    experiment, scale, base, outcomes, paths, log = finished
+    again, _ = runner.run_experiment(
+        experiment, scale, base, in_process=True, verbose=False, out=io.StringIO()
+    )
+    assert [o.status for o in again] == ["skipped"] * len(outcomes)
