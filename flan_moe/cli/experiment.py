@@ -68,14 +68,13 @@ def resolve(target: str, scale_name: str | None) -> tuple[settings.Experiment, s
         if not path.exists():
             raise SystemExit(f"no such experiment file: {path}")
         target, gin_scale, models = _from_gin(path)
-    experiment = settings.get_experiment(target)
     scale = settings.get_scale(scale_name or gin_scale or "tiny")
     if models:
         unknown = sorted(set(models) - set(scale.models))
         if unknown:
             raise SystemExit(f"MODELS names unknown roles {unknown}; roles: {sorted(scale.models)}")
         scale = dataclasses.replace(scale, models={**scale.models, **models})
-    return experiment, scale
+    return settings.get_experiment(target, scale), scale
 
 
 def main(argv: Sequence[str] | None = None) -> int:

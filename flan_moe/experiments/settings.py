@@ -158,7 +158,8 @@ _PAIR = (
 )
 
 
-def _setting1() -> Experiment:
+def _setting1(scale: Scale) -> Experiment:
+    del scale  # the same runs at every scale
     return Experiment(
         name="setting1_direct_finetune",
         title="Setting 1: single-task finetuning without instruction tuning",
@@ -176,7 +177,8 @@ def _setting1() -> Experiment:
     )  # fmt: skip
 
 
-def _setting2() -> Experiment:
+def _setting2(scale: Scale) -> Experiment:
+    del scale  # the same runs at every scale
     return Experiment(
         name="setting2_instruction_tuning",
         title="Setting 2: instruction tuning, then held-out zero/few-shot evaluation",
@@ -189,7 +191,8 @@ def _setting2() -> Experiment:
     )
 
 
-def _setting3() -> Experiment:
+def _setting3(scale: Scale) -> Experiment:
+    del scale  # the same runs at every scale
     return Experiment(
         name="setting3_instruction_then_finetune",
         title="Setting 3: instruction tuning, then single-task finetuning",
@@ -211,7 +214,8 @@ def _ablation(name: str, title: str, paper: str, runs: tuple[ModelRun, ...], **k
                       baseline=runs[0].label, **kw)  # fmt: skip
 
 
-def _routing() -> Experiment:
+def _routing(scale: Scale) -> Experiment:
+    del scale  # the same runs at every scale
     return _ablation(
         "ablation_routing", "Ablation: routing strategy",
         "Flan-MoE Table 1 rows FLAN-Switch / FLAN-GS / FLAN-EC / FLAN-ST",
@@ -220,9 +224,12 @@ def _routing() -> Experiment:
     )  # fmt: skip
 
 
-def _num_experts() -> Experiment:
+def _num_experts(scale: Scale) -> Experiment:
     runs = [ModelRun("dense (1 expert)", "dense", attributes={"num_experts": 1})]
-    for n in (4, 8, 16):
+    counts = sorted(
+        int(r.removeprefix("switch_e")) for r in scale.models if r.startswith("switch_e")
+    )
+    for n in counts:
         runs.append(ModelRun(f"Switch {n} experts", f"switch_e{n}", attributes={"num_experts": n}))
     return _ablation(
         "ablation_num_experts", "Ablation: number of experts at fixed active compute",
@@ -230,7 +237,8 @@ def _num_experts() -> Experiment:
     )  # fmt: skip
 
 
-def _freeze() -> Experiment:
+def _freeze(scale: Scale) -> Experiment:
+    del scale  # the same runs at every scale
     runs = tuple(
         ModelRun(label, "switch", bindings=(("OptimizerConfig.freeze", value),),
                  attributes={"freeze": value})
@@ -243,7 +251,8 @@ def _freeze() -> Experiment:
     )  # fmt: skip
 
 
-def _losses() -> Experiment:
+def _losses(scale: Scale) -> Experiment:
+    del scale  # the same runs at every scale
     runs = (
         ModelRun("aux 0.01, z 0", "switch"),
         ModelRun("no aux loss", "switch", bindings=(("LossConfig.aux_loss_coef", 0.0),)),
@@ -256,7 +265,8 @@ def _losses() -> Experiment:
     )  # fmt: skip
 
 
-def _expert_dropout() -> Experiment:
+def _expert_dropout(scale: Scale) -> Experiment:
+    del scale  # the same runs at every scale
     runs = tuple(
         ModelRun(f"expert dropout {rate}", "switch",
                  bindings=(("RUN_MODEL_OVERRIDES",
@@ -270,7 +280,8 @@ def _expert_dropout() -> Experiment:
     )  # fmt: skip
 
 
-def _data_efficiency() -> Experiment:
+def _data_efficiency(scale: Scale) -> Experiment:
+    del scale  # the same runs at every scale
     runs = []
     for fraction in (1.0, 0.5, 0.25):
         for role, family in (("switch", "moe"), ("dense", "dense")):
@@ -286,7 +297,9 @@ def _data_efficiency() -> Experiment:
     )  # fmt: skip
 
 
-EXPERIMENTS: dict[str, Callable[[], Experiment]] = {
+# Each builder takes the scale: most experiments are the same at every scale; the
+# expert-count ablation uses the expert counts the scale provides.
+EXPERIMENTS: dict[str, Callable[[Scale], Experiment]] = {
     "setting1_direct_finetune": _setting1,
     "setting2_instruction_tuning": _setting2,
     "setting3_instruction_then_finetune": _setting3,
@@ -301,13 +314,14 @@ ALIASES = {"setting1": "setting1_direct_finetune", "setting2": "setting2_instruc
            "setting3": "setting3_instruction_then_finetune"}  # fmt: skip
 
 
-def get_experiment(name: str) -> Experiment:
+def get_experiment(name: str, scale: Scale | str = "tiny") -> Experiment:
+    """The experiment ``name`` (or an alias such as ``setting2``) at ``scale``."""
     name = ALIASES.get(name, name)
     if name not in EXPERIMENTS:
         raise KeyError(
             f"unknown experiment {name!r}; known: {sorted(EXPERIMENTS)} (aliases {sorted(ALIASES)})"
         )
-    return EXPERIMENTS[name]()
+    return EXPERIMENTS[name](get_scale(scale) if isinstance(scale, str) else scale)
 
 
 def get_scale(name: str) -> Scale:

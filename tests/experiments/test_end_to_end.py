@@ -64,7 +64,9 @@ def test_table_values_equal_results_json(finished):
             row = table[plan.run.label]
             for (family, mode), column in report.HELDOUT_COLUMNS:
                 want = min(shots, report.MAX_SHOTS.get(family, shots))
-                (entry,) = [e for e in entries if (e.suite, e.mode, e.shots) == (family, mode, want)]
+                (entry,) = [
+                    e for e in entries if (e.suite, e.mode, e.shots) == (family, mode, want)
+                ]
                 summary = entry.summary
                 value = summary["macro_avg_tasks"] if family == "bbh" else summary["macro_avg"]
                 assert row[column] == pytest.approx(100 * value)
