@@ -31,10 +31,15 @@ def _run(code: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_model_and_partitioning_import_without_tf_seqio_gin():
+def test_model_training_and_evaluation_import_without_tf_seqio_gin():
     result = _run(
         """
         import flan_moe.model, flan_moe.partitioning
+        import flan_moe.models, flan_moe.decoding
+        import flan_moe.training.trainer, flan_moe.training.loop, flan_moe.training.checkpoints
+        import flan_moe.evaluation.evaluator, flan_moe.evaluation.scoring
+        import flan_moe.model.moe, flan_moe.model.flops, flan_moe.interop.hf_switch
+        import flan_moe.data.vocabularies, flan_moe.data.heldout
         from flan_moe.model.transformer import EncoderDecoder
         from flan_moe.model.config import get_config
         import jax, numpy as np

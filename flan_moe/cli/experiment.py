@@ -33,7 +33,7 @@ def check_data_dir() -> str:
     if not Path(data_dir, "mmlu").is_dir() or not Path(data_dir, "bbh").is_dir():
         raise SystemExit(
             f"No data found at FLAN_MOE_DATA_DIR={data_dir!r} (expected mmlu/, bbh/, flan_cot/, "
-            "flan_mini/ inside).\nGet it with:  python scripts/fetch_data.py --data_dir data\n"
+            "flan_mini/ inside).\nGet it with:  python scripts/fetch_data.py --data-dir data\n"
             "or point FLAN_MOE_DATA_DIR at an existing copy, e.g. "
             "FLAN_MOE_DATA_DIR=../shared/data make run"
         )
