@@ -35,52 +35,12 @@ MMLU_COMMIT = "c4c6ef28"
 FLAN_COMMIT = "e9e4ec6e"
 FOUNDRY_COMMIT = "8c8dd48f"
 
-BBH_FILES = [
-    "boolean_expressions",
-    "causal_judgement",
-    "date_understanding",
-    "disambiguation_qa",
-    "dyck_languages",
-    "formal_fallacies",
-    "geometric_shapes",
-    "hyperbaton",
-    "logical_deduction_five_objects",
-    "logical_deduction_seven_objects",
-    "logical_deduction_three_objects",
-    "movie_recommendation",
-    "multistep_arithmetic_two",
-    "navigate",
-    "object_counting",
-    "penguins_in_a_table",
-    "reasoning_about_colored_objects",
-    "ruin_names",
-    "salient_translation_error_detection",
-    "snarks",
-    "sports_understanding",
-    "temporal_sequences",
-    "tracking_shuffled_objects_five_objects",
-    "tracking_shuffled_objects_seven_objects",
-    "tracking_shuffled_objects_three_objects",
-    "web_of_lies",
-    "word_sorting",
-]
-COT_FILES = ["aqua", "creak", "ecqa", "gsm8k", "qasc", "sensemaking", "strategyqa"]
-MINI_TRAIN = [
-    "aqua",
-    "arc_challenge",
-    "arc_easy",
-    "boolq",
-    "commonsense_qa",
-    "copa",
-    "jeopardy_all",
-    "math_qa",
-    "openbook_qa",
-    "piqa",
-    "siqa",
-    "triviaqa_sm_sub",
-    "winograd_wsc",
-    "winogrande",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The file lists live in the package (one source of truth; both modules are pure Python).
+from flan_moe.data.heldout import BBH_FILES, MMLU_SUBJECTS  # noqa: E402
+from flan_moe.data.records import COT_DATASETS as COT_FILES  # noqa: E402
+from flan_moe.data.records import MINI_DATASETS as MINI_TRAIN  # noqa: E402
+
 MINI_HELDOUT = ("gsm8k_test", "svamp")
 # Expected record counts (from the data README) for a layout check.
 EXPECTED_COUNTS = {
@@ -152,9 +112,6 @@ def manifest() -> list[Download]:
 def expected_files(mmlu_subjects: list[str] | None = None) -> list[str]:
     """Relative paths that a complete data dir holds (MMLU subjects from the held-out module)."""
     if mmlu_subjects is None:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from flan_moe.data.heldout import MMLU_SUBJECTS
-
         mmlu_subjects = list(MMLU_SUBJECTS)
     files = [f"bbh/bbh/{n}.json" for n in BBH_FILES] + [
         f"bbh/cot-prompts/{n}.txt" for n in BBH_FILES

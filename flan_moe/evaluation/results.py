@@ -67,106 +67,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from flan_moe.data import heldout
 from flan_moe.evaluation import metrics
 
 SCHEMA_VERSION = 1
 
 # ------------------------------------------------------------------------- MMLU categories
 
-MMLU_CATEGORY_NAMES = ("STEM", "humanities", "social sciences", "other")
-
-
-def _names(text: str) -> tuple[str, ...]:
-    """A whitespace-separated list of names as a tuple."""
-    return tuple(text.split())
-
-
-# Subjects per category (the 4 groups of the MMLU paper's categories).
-_MMLU_SUBJECTS_BY_CATEGORY: dict[str, tuple[str, ...]] = {
-    "STEM": _names(
-        """
-        abstract_algebra astronomy college_biology college_chemistry college_computer_science
-        college_mathematics college_physics computer_security conceptual_physics
-        electrical_engineering elementary_mathematics high_school_biology high_school_chemistry
-        high_school_computer_science high_school_mathematics high_school_physics
-        high_school_statistics machine_learning
-        """
-    ),
-    "humanities": _names(
-        """
-        formal_logic high_school_european_history high_school_us_history
-        high_school_world_history international_law jurisprudence logical_fallacies
-        moral_disputes moral_scenarios philosophy prehistory professional_law world_religions
-        """
-    ),
-    "social sciences": _names(
-        """
-        econometrics high_school_geography high_school_government_and_politics
-        high_school_macroeconomics high_school_microeconomics high_school_psychology
-        human_sexuality professional_psychology public_relations security_studies sociology
-        us_foreign_policy
-        """
-    ),
-    "other": _names(
-        """
-        anatomy business_ethics clinical_knowledge college_medicine global_facts human_aging
-        management marketing medical_genetics miscellaneous nutrition professional_accounting
-        professional_medicine virology
-        """
-    ),
-}
-
+# The tables of subjects, categories and files live with the suites' readers.
+MMLU_CATEGORY_NAMES: tuple[str, ...] = heldout.MMLU_CATEGORIES  # STEM, humanities, ...
 #: The 57 MMLU subjects -> their category (the 4 groups of the MMLU paper's categories).
-MMLU_CATEGORIES: dict[str, str] = {
-    subject: category
-    for category, subjects in _MMLU_SUBJECTS_BY_CATEGORY.items()
-    for subject in subjects
-}
-
-# ---------------------------------------------------------------------------- BBH tasks
-
-#: BBH files whose tasks come in 3 sizes; each group counts as ONE task in the 23-task average.
-BBH_TASK_GROUPS: dict[str, tuple[str, ...]] = {
-    "logical_deduction": (
-        "logical_deduction_three_objects",
-        "logical_deduction_five_objects",
-        "logical_deduction_seven_objects",
-    ),
-    "tracking_shuffled_objects": (
-        "tracking_shuffled_objects_three_objects",
-        "tracking_shuffled_objects_five_objects",
-        "tracking_shuffled_objects_seven_objects",
-    ),
-}
-
+MMLU_CATEGORIES: dict[str, str] = heldout.MMLU_SUBJECT_CATEGORY
 #: The 27 BBH files (bbh/bbh/<name>.json).
-BBH_FILES: tuple[str, ...] = (
-    "boolean_expressions",
-    "causal_judgement",
-    "date_understanding",
-    "disambiguation_qa",
-    "dyck_languages",
-    "formal_fallacies",
-    "geometric_shapes",
-    "hyperbaton",
-    *BBH_TASK_GROUPS["logical_deduction"],
-    "movie_recommendation",
-    "multistep_arithmetic_two",
-    "navigate",
-    "object_counting",
-    "penguins_in_a_table",
-    "reasoning_about_colored_objects",
-    "ruin_names",
-    "salient_translation_error_detection",
-    "snarks",
-    "sports_understanding",
-    "temporal_sequences",
-    *BBH_TASK_GROUPS["tracking_shuffled_objects"],
-    "web_of_lies",
-    "word_sorting",
-)
-
-_BBH_FILE_TO_TASK = {name: task for task, names in BBH_TASK_GROUPS.items() for name in names}
+BBH_FILES: tuple[str, ...] = heldout.BBH_FILES
 
 
 def bbh_task_of(file_name: str) -> str:
@@ -174,10 +87,16 @@ def bbh_task_of(file_name: str) -> str:
     "logical_deduction"; every other file is its own task."""
     if file_name not in BBH_FILES:
         raise ValueError(f"{file_name!r} is not one of the 27 BBH files (see BBH_FILES)")
-    return _BBH_FILE_TO_TASK.get(file_name, file_name)
+    return heldout.bbh_family(file_name)
 
 
 BBH_TASKS: tuple[str, ...] = tuple(dict.fromkeys(bbh_task_of(name) for name in BBH_FILES))
+#: BBH files whose tasks come in 3 sizes; each group counts as ONE task in the 23-task average.
+BBH_TASK_GROUPS: dict[str, tuple[str, ...]] = {
+    task: files
+    for task in BBH_TASKS
+    if len(files := tuple(f for f in BBH_FILES if bbh_task_of(f) == task)) > 1
+}
 
 _EXPECTED_SUBTASKS: dict[str, tuple[str, ...]] = {
     "mmlu": tuple(MMLU_CATEGORIES),
