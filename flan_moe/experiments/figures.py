@@ -36,7 +36,7 @@ def instruction_tuning_gain(runs: Sequence[report.Run], path: Path, *, shots: in
             "after instruction tuning": after,
             "gain": None if after is None or base is None else after - base,
         }
-    return report.bar_figure(path, groups, title=f"Gain from instruction tuning ({shots}-shot)",
+    return report.bar_figure(path, groups, title=f"Gain from instruction tuning ({shots}-shot MMLU)",
                              ylabel="average accuracy (%)")  # fmt: skip
 
 

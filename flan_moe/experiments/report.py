@@ -206,7 +206,7 @@ def bar_figure(
     and marked "n/a" on the axis."""
     plt = _plt()
     group_names = list(groups)
-    series = sorted({s for g in groups.values() for s in g})
+    series = list(dict.fromkeys(s for g in groups.values() for s in g))  # first-seen order
     fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(group_names)), 3.2))
     width = 0.8 / max(1, len(series))
     for j, name in enumerate(series):
