@@ -36,8 +36,8 @@ def instruction_tuning_gain(runs: Sequence[report.Run], path: Path, *, shots: in
             "after instruction tuning": after,
             "gain": None if after is None or base is None else after - base,
         }
-    return report.bar_figure(path, groups, title=f"Gain from instruction tuning ({shots}-shot MMLU)",
-                             ylabel="average accuracy (%)")  # fmt: skip
+    title = f"Gain from instruction tuning (few-shot: MMLU {shots}-shot)"
+    return report.bar_figure(path, groups, title=title, ylabel="average accuracy (%)")
 
 
 def _by_attribute(
