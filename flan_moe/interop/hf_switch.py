@@ -42,9 +42,9 @@ import numpy as np
 from flan_moe.interop.hf_t5 import (
     Params,
     StateDict,
-    _arr,
-    _get,
     config_from_hf_t5,
+    hf_config_value,
+    hf_tensor,
     mlp_params,
     params_from_hf_t5,
     read_hf_folder,
@@ -55,14 +55,16 @@ from flan_moe.model.config import ModelConfig, MoeConfig
 def _sparse_step(hf_config: Any, *, decoder: bool) -> int:
     """HF's ``encoder_sparse_step`` / ``decoder_sparse_step`` (computed as HF does)."""
     key = "decoder_sparse_step" if decoder else "encoder_sparse_step"
-    step = _get(hf_config, key)
+    step = hf_config_value(hf_config, key)
     if step is not None:
         return int(step)
-    num_layers = int(_get(hf_config, "num_layers", 12))
+    num_layers = int(hf_config_value(hf_config, "num_layers", 12))
     if decoder:
-        num_layers = int(_get(hf_config, "num_decoder_layers", None) or num_layers)
+        num_layers = int(hf_config_value(hf_config, "num_decoder_layers", None) or num_layers)
     num_sparse = int(
-        _get(hf_config, "num_sparse_decoder_layers" if decoder else "num_sparse_encoder_layers", 3)
+        hf_config_value(
+            hf_config, "num_sparse_decoder_layers" if decoder else "num_sparse_encoder_layers", 3
+        )
     )
     return num_layers // num_sparse if num_sparse > 0 else num_layers
 
@@ -79,27 +81,27 @@ def config_from_hf_switch(hf_config: Any, **overrides: Any) -> ModelConfig:
     Accepts the config object or its ``config.json`` dict; ``overrides`` replace
     ModelConfig fields (e.g. ``dtype="float32"``).
     """
-    act = _get(hf_config, "dense_act_fn", "relu")
+    act = hf_config_value(hf_config, "dense_act_fn", "relu")
     if act != "relu":
         raise ValueError(
             f"unsupported Switch dense_act_fn {act!r}: Hugging Face's Switch MLP is "
             "ungated, and this project supports ungated MLPs with 'relu' only"
         )
     base = config_from_hf_t5(hf_config, mlp_activation="relu")
-    capacity = int(_get(hf_config, "expert_capacity", 64))
+    capacity = int(hf_config_value(hf_config, "expert_capacity", 64))
     moe = MoeConfig(
-        num_experts=int(_get(hf_config, "num_experts", 8)),
+        num_experts=int(hf_config_value(hf_config, "num_experts", 8)),
         num_selected_experts=1,
         capacity_factor_train=0.0,
         capacity_factor_eval=0.0,
         min_expert_capacity=capacity,
         route_per_sequence=True,
         dispatch="einsum",
-        router_jitter_noise=float(_get(hf_config, "router_jitter_noise", 0.0)),
-        router_bias=bool(_get(hf_config, "router_bias", False)),
+        router_jitter_noise=float(hf_config_value(hf_config, "router_jitter_noise", 0.0)),
+        router_bias=bool(hf_config_value(hf_config, "router_bias", False)),
         router_ignore_padding_tokens=False,
-        aux_loss_coef=float(_get(hf_config, "router_aux_loss_coef", 0.001)),
-        router_z_loss_coef=float(_get(hf_config, "router_z_loss_coef", 0.001)),
+        aux_loss_coef=float(hf_config_value(hf_config, "router_aux_loss_coef", 0.001)),
+        router_z_loss_coef=float(hf_config_value(hf_config, "router_z_loss_coef", 0.001)),
         expert_dropout_rate=base.dropout_rate,
         encoder_sparse_layers=_sparse_layers(
             base.num_encoder_layers, _sparse_step(hf_config, decoder=False)
@@ -108,7 +110,7 @@ def config_from_hf_switch(hf_config: Any, **overrides: Any) -> ModelConfig:
             base.num_decoder_layers, _sparse_step(hf_config, decoder=True)
         ),
     )
-    name = str(_get(hf_config, "_name_or_path", "") or "hf_switch")
+    name = str(hf_config_value(hf_config, "_name_or_path", "") or "hf_switch")
     return base.replace(**{"name": name, "moe": moe, **overrides})
 
 
@@ -120,11 +122,11 @@ def _switch_feed_forward(config: ModelConfig):
         if not moe.is_sparse(layer, decoder=decoder):
             return "mlp", mlp_params(sd, f"{prefix}.mlp", config)
         p = f"{prefix}.mlp"
-        router: Params = {"kernel": _arr(sd, f"{p}.router.classifier.weight", (e, d)).T}
+        router: Params = {"kernel": hf_tensor(sd, f"{p}.router.classifier.weight", (e, d)).T}
         if moe.router_bias:
-            router["bias"] = _arr(sd, f"{p}.router.classifier.bias", (e,))
-        wi = [_arr(sd, f"{p}.experts.expert_{j}.wi.weight", (f, d)).T for j in range(e)]
-        wo = [_arr(sd, f"{p}.experts.expert_{j}.wo.weight", (d, f)).T for j in range(e)]
+            router["bias"] = hf_tensor(sd, f"{p}.router.classifier.bias", (e,))
+        wi = [hf_tensor(sd, f"{p}.experts.expert_{j}.wi.weight", (f, d)).T for j in range(e)]
+        wo = [hf_tensor(sd, f"{p}.experts.expert_{j}.wo.weight", (d, f)).T for j in range(e)]
         experts = {"wi": np.stack(wi), "wo": np.stack(wo)}
         return "moe", {"router": router, "experts": experts}
 

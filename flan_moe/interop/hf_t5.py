@@ -30,7 +30,8 @@ StateDict = Mapping[str, np.ndarray]
 _ACTIVATIONS = {"gated-gelu": "gated-gelu", "gated-silu": "gated-silu", "relu": "relu"}
 
 
-def _get(hf_config: Any, name: str, default: Any = None) -> Any:
+def hf_config_value(hf_config: Any, name: str, default: Any = None) -> Any:
+    """A field of an HF config object or of its config.json dict."""
     if isinstance(hf_config, Mapping):
         return hf_config.get(name, default)
     return getattr(hf_config, name, default)
@@ -43,33 +44,36 @@ def config_from_hf_t5(hf_config: Any, **overrides: Any) -> ModelConfig:
     embedding; T5 v1.1 does neither. Transformers v5 records this as
     ``scale_decoder_outputs``; older configs as ``tie_word_embeddings``.
     """
-    proj = _get(hf_config, "feed_forward_proj", "relu")
+    proj = hf_config_value(hf_config, "feed_forward_proj", "relu")
     if proj not in _ACTIVATIONS:
         raise ValueError(
             f"unsupported feed_forward_proj {proj!r}; supported: {sorted(_ACTIVATIONS)}"
         )
-    tied = _get(hf_config, "scale_decoder_outputs")
+    tied = hf_config_value(hf_config, "scale_decoder_outputs")
     if tied is None:
-        tied = _get(hf_config, "tie_word_embeddings", True)
+        tied = hf_config_value(hf_config, "tie_word_embeddings", True)
     values = dict(
-        name=str(_get(hf_config, "_name_or_path", "") or "hf_t5"),
-        vocab_size=int(_get(hf_config, "vocab_size")),
-        d_model=int(_get(hf_config, "d_model")),
-        num_heads=int(_get(hf_config, "num_heads")),
-        head_dim=int(_get(hf_config, "d_kv")),
-        d_ff=int(_get(hf_config, "d_ff")),
-        num_encoder_layers=int(_get(hf_config, "num_layers")),
+        name=str(hf_config_value(hf_config, "_name_or_path", "") or "hf_t5"),
+        vocab_size=int(hf_config_value(hf_config, "vocab_size")),
+        d_model=int(hf_config_value(hf_config, "d_model")),
+        num_heads=int(hf_config_value(hf_config, "num_heads")),
+        head_dim=int(hf_config_value(hf_config, "d_kv")),
+        d_ff=int(hf_config_value(hf_config, "d_ff")),
+        num_encoder_layers=int(hf_config_value(hf_config, "num_layers")),
         num_decoder_layers=int(
-            _get(hf_config, "num_decoder_layers", None) or _get(hf_config, "num_layers")
+            hf_config_value(hf_config, "num_decoder_layers", None)
+            or hf_config_value(hf_config, "num_layers")
         ),
         mlp_activation=_ACTIVATIONS[proj],
         tie_embeddings=bool(tied),
-        dropout_rate=float(_get(hf_config, "dropout_rate", 0.1)),
-        relative_attention_num_buckets=int(_get(hf_config, "relative_attention_num_buckets", 32)),
-        relative_attention_max_distance=int(
-            _get(hf_config, "relative_attention_max_distance", 128)
+        dropout_rate=float(hf_config_value(hf_config, "dropout_rate", 0.1)),
+        relative_attention_num_buckets=int(
+            hf_config_value(hf_config, "relative_attention_num_buckets", 32)
         ),
-        layer_norm_epsilon=float(_get(hf_config, "layer_norm_epsilon", 1e-6)),
+        relative_attention_max_distance=int(
+            hf_config_value(hf_config, "relative_attention_max_distance", 128)
+        ),
+        layer_norm_epsilon=float(hf_config_value(hf_config, "layer_norm_epsilon", 1e-6)),
     )
     values.update(overrides)
     return ModelConfig(**values)
@@ -79,10 +83,10 @@ def attention_params(sd: StateDict, prefix: str, config: ModelConfig) -> Params:
     """HF ``{prefix}.{q,k,v,o}.weight`` -> ``{query,key,value,out}``."""
     h, x, d = config.num_heads, config.head_dim, config.d_model
     return {
-        "query": _arr(sd, f"{prefix}.q.weight", (h * x, d)).T.reshape(d, h, x),
-        "key": _arr(sd, f"{prefix}.k.weight", (h * x, d)).T.reshape(d, h, x),
-        "value": _arr(sd, f"{prefix}.v.weight", (h * x, d)).T.reshape(d, h, x),
-        "out": _arr(sd, f"{prefix}.o.weight", (d, h * x)).T.reshape(h, x, d),
+        "query": hf_tensor(sd, f"{prefix}.q.weight", (h * x, d)).T.reshape(d, h, x),
+        "key": hf_tensor(sd, f"{prefix}.k.weight", (h * x, d)).T.reshape(d, h, x),
+        "value": hf_tensor(sd, f"{prefix}.v.weight", (h * x, d)).T.reshape(d, h, x),
+        "out": hf_tensor(sd, f"{prefix}.o.weight", (d, h * x)).T.reshape(h, x, d),
     }
 
 
@@ -90,13 +94,13 @@ def mlp_params(sd: StateDict, prefix: str, config: ModelConfig, d_ff: int | None
     """HF ``{prefix}.{wi|wi_0,wi_1,wo}.weight`` -> ``{wi|wi_0,wi_1,wo}`` ([in, out])."""
     d, f = config.d_model, d_ff or config.d_ff
     names = ("wi_0", "wi_1") if config.mlp_activation.startswith("gated") else ("wi",)
-    out = {name: _arr(sd, f"{prefix}.{name}.weight", (f, d)).T for name in names}
-    out["wo"] = _arr(sd, f"{prefix}.wo.weight", (d, f)).T
+    out = {name: hf_tensor(sd, f"{prefix}.{name}.weight", (f, d)).T for name in names}
+    out["wo"] = hf_tensor(sd, f"{prefix}.wo.weight", (d, f)).T
     return out
 
 
 def norm_params(sd: StateDict, key: str, config: ModelConfig) -> Params:
-    return {"scale": _arr(sd, key, (config.d_model,))}
+    return {"scale": hf_tensor(sd, key, (config.d_model,))}
 
 
 MlpConverter = Callable[[StateDict, str, int, bool], tuple[str, Params]]
@@ -122,11 +126,11 @@ def params_from_hf_t5(
     """
     sd = {k: np.asarray(v, dtype=np.float32) for k, v in state_dict.items()}
     feed_forward = feed_forward or dense_mlp(config)
-    params: Params = {"token_embedder": {"embedding": _arr(sd, "shared.weight")}}
+    params: Params = {"token_embedder": {"embedding": hf_tensor(sd, "shared.weight")}}
 
     encoder: Params = {
         "relpos_bias": {
-            "rel_embedding": _arr(
+            "rel_embedding": hf_tensor(
                 sd, "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
             )
         },
@@ -145,7 +149,7 @@ def params_from_hf_t5(
 
     decoder: Params = {
         "relpos_bias": {
-            "rel_embedding": _arr(
+            "rel_embedding": hf_tensor(
                 sd, "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
             )
         },
@@ -163,7 +167,9 @@ def params_from_hf_t5(
             name: ff,
         }
     if not config.tie_embeddings:
-        decoder["logits_dense"] = _arr(sd, "lm_head.weight", (config.vocab_size, config.d_model)).T
+        decoder["logits_dense"] = hf_tensor(
+            sd, "lm_head.weight", (config.vocab_size, config.d_model)
+        ).T
     params["decoder"] = decoder
     return params
 
@@ -198,7 +204,8 @@ def load_hf_t5(path: str, **config_overrides: Any) -> tuple[Params, ModelConfig]
     return params_from_hf_t5(state, config), config
 
 
-def _arr(sd: StateDict, key: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+def hf_tensor(sd: StateDict, key: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """``sd[key]`` as float32, with a clear error when it is missing or has another shape."""
     if key not in sd:
         raise KeyError(f"Hugging Face state dict has no {key!r} (is this the right model type?)")
     value = np.asarray(sd[key], dtype=np.float32)
