@@ -26,11 +26,11 @@ Semantics matched (transformers >= the fix of issue 48293, PR 48421, e.g. 5.23.0
 * experts use the model's dropout rate (HF's expert MLP is its dense MLP).
 
 HF computes a stack's aux loss on the router logits of all its sparse layers
-concatenated along the sequence, i.e. from f and P averaged over layers; we average the
-per-layer losses (see ``flan_moe.model.moe``). The two agree exactly for the z-loss, and
-for the aux loss of a stack with one sparse layer; with several, each of our layer
-losses equals HF's ``load_balancing_loss_func`` applied to that layer's logits. HF
-also reports both losses as 0 when a stack's step is 1 (every layer sparse); we do not.
+concatenated along the sequence, i.e. from f and P pooled over the layers: the converted
+config sets ``load_balancing_pooling="stack"``, which does the same, so both router
+losses equal HF's for any number of sparse layers (the project's own sizes default to
+the per-layer mean of t5x/flaxformer). HF also reports both losses as 0 when a stack's
+step is 1 (every layer sparse); we do not.
 """
 
 from __future__ import annotations
@@ -96,6 +96,7 @@ def config_from_hf_switch(hf_config: Any, **overrides: Any) -> ModelConfig:
         capacity_factor_eval=0.0,
         min_expert_capacity=capacity,
         route_per_sequence=True,
+        load_balancing_pooling="stack",
         dispatch="einsum",
         router_jitter_noise=float(hf_config_value(hf_config, "router_jitter_noise", 0.0)),
         router_bias=bool(hf_config_value(hf_config, "router_bias", False)),

@@ -65,6 +65,11 @@ class MoeConfig:
     router_bias: bool = False
     router_ignore_padding_tokens: bool = False
     aux_loss_coef: float = 0.01
+    # How a stack's sparse layers combine into its load-balancing loss: "layer" = the
+    # mean of per-layer losses (t5x / flaxformer); "stack" = pool each group's expert
+    # fractions and mean probabilities over the stack's layers, then multiply (Hugging
+    # Face Switch, which concatenates the layers' router logits).
+    load_balancing_pooling: Literal["layer", "stack"] = "layer"
     router_z_loss_coef: float = 0.0
     expert_dropout_rate: float = 0.0
     sparse_interval: int = 2
@@ -102,6 +107,11 @@ class MoeConfig:
             raise ValueError(
                 "dropless=True needs tokens-choose routing: expert choice always has a "
                 "capacity (each expert takes its top-capacity tokens). Set dropless=False."
+            )
+        if self.load_balancing_pooling not in ("layer", "stack"):
+            raise ValueError(
+                "load_balancing_pooling must be 'layer' or 'stack', "
+                f"got {self.load_balancing_pooling!r}"
             )
         if self.dispatch not in ("einsum", "gather"):
             raise ValueError(f"dispatch must be 'einsum' or 'gather', got {self.dispatch!r}")

@@ -58,6 +58,12 @@ Array = jax.Array
 LOSS_COLLECTION = "moe_losses"
 METRICS_COLLECTION = "moe_metrics"
 LOSS_NAMES = ("load_balancing_loss", "router_z_loss")
+# Sown per layer when MoeConfig.load_balancing_pooling == "stack" (see collect_router_losses).
+POOLING_STATISTICS = (
+    "load_balancing_choices",
+    "load_balancing_prob_sums",
+    "load_balancing_token_counts",
+)
 
 
 class ExpertMlp(nn.Module):
@@ -253,8 +259,12 @@ class MoeBlock(nn.Module):
         tokens_choose = router_type == "tokens_choose"
         # Expert choice is balanced by construction: it has no load-balancing loss.
         if moe.aux_loss_coef > 0 and tokens_choose:
-            loss = routing_lib.load_balancing_loss(probs, routing.expert_index, valid)
-            sow(LOSS_COLLECTION, "load_balancing_loss", loss)
+            stats = routing_lib.load_balancing_statistics(probs, routing.expert_index, valid)
+            sow(LOSS_COLLECTION, "load_balancing_loss",
+                routing_lib.load_balancing_from_statistics(*stats))  # fmt: skip
+            if moe.load_balancing_pooling == "stack":
+                for stat_name, value in zip(POOLING_STATISTICS, stats):
+                    sow(LOSS_COLLECTION, stat_name, value)
         if moe.router_z_loss_coef > 0:
             sow(LOSS_COLLECTION, "router_z_loss", routing_lib.router_z_loss(logits, valid))
         if self.is_mutable_collection(METRICS_COLLECTION):
@@ -382,13 +392,32 @@ def collect_router_losses(moe_losses: Mapping[str, Any]) -> dict[str, Array]:
         for path, value in sorted(per_layer.items()):
             out["/".join((*path, name))] = value
             stacks.setdefault(_stack_of(path), []).append(value)
+        pooled = _pooled_load_balancing(moe_losses) if name == "load_balancing_loss" else {}
         total = jnp.zeros((), jnp.float32)
         for stack, values in stacks.items():
-            mean = jnp.mean(jnp.stack(values))
-            out[f"{stack}/{name}"] = mean
-            total = total + mean
+            value = pooled.get(stack, jnp.mean(jnp.stack(values)))
+            out[f"{stack}/{name}"] = value
+            total = total + value
         out[name] = total
     return out
+
+
+def _pooled_load_balancing(moe_losses: Mapping[str, Any]) -> dict[str, Array]:
+    """Per stack, the load-balancing loss of its layers' statistics added together.
+
+    Layers that sowed statistics (``load_balancing_pooling="stack"``) route the same
+    groups, so a group's expert choices, probabilities and token counts add up over
+    the layers before E * sum_e f_e * P_e is taken (Hugging Face Switch's loss).
+    """
+    sums: dict[str, list[Array]] = {}
+    per_stat = [_flat_sown(moe_losses, stat) for stat in POOLING_STATISTICS]
+    for path in per_stat[0]:
+        stack = _stack_of(path)
+        values = [stat[path] for stat in per_stat]
+        sums[stack] = values if stack not in sums else [a + b for a, b in zip(sums[stack], values)]
+    return {
+        stack: routing_lib.load_balancing_from_statistics(*values) for stack, values in sums.items()
+    }
 
 
 def collect_moe_metrics(moe_metrics: Mapping[str, Any]) -> dict[str, Array]:

@@ -251,6 +251,27 @@ def _token_weights(shape: tuple[int, int], valid: Array | None) -> Array:
     return jnp.ones(shape, jnp.float32) if valid is None else valid.astype(jnp.float32)
 
 
+def load_balancing_statistics(
+    probs: Array, expert_index: Array, valid: Array | None = None
+) -> tuple[Array, Array, Array]:
+    """Per group: summed expert choices / k [g, e], summed router probabilities [g, e]
+    and the number of (valid) tokens [g]. Sums, so layers can be pooled by adding."""
+    g, s, e = probs.shape
+    k = expert_index.shape[-1]
+    w = _token_weights((g, s), valid)
+    chosen = jnp.sum(jax.nn.one_hot(expert_index, e, dtype=jnp.float32), axis=-2)  # [g, s, e]
+    choices = jnp.einsum("gse,gs->ge", chosen, w) / k
+    prob_sums = jnp.einsum("gse,gs->ge", probs.astype(jnp.float32), w)
+    return choices, prob_sums, jnp.sum(w, axis=-1)
+
+
+def load_balancing_from_statistics(choices: Array, prob_sums: Array, counts: Array) -> Array:
+    """E * sum_e f_e * P_e averaged over groups, from (possibly pooled) statistics."""
+    count = jnp.maximum(counts, 1.0)[:, None]
+    f, p = choices / count, prob_sums / count
+    return jnp.mean(choices.shape[-1] * jnp.sum(f * p, axis=-1))
+
+
 def load_balancing_loss(probs: Array, expert_index: Array, valid: Array | None = None) -> Array:
     """Switch / GShard auxiliary loss: E * sum_e f_e * P_e, averaged over groups.
 
@@ -261,14 +282,7 @@ def load_balancing_loss(probs: Array, expert_index: Array, valid: Array | None =
     per layer); for k > 1 it is flaxformer's divided by k (DeepSeekMoE's normalisation).
     Padding tokens (``valid`` False) are left out of both means.
     """
-    g, s, e = probs.shape
-    k = expert_index.shape[-1]
-    w = _token_weights((g, s), valid)
-    count = jnp.maximum(jnp.sum(w, axis=-1), 1.0)  # [g]
-    chosen = jnp.sum(jax.nn.one_hot(expert_index, e, dtype=jnp.float32), axis=-2)  # [g, s, e]
-    f = jnp.einsum("gse,gs->ge", chosen, w) / (k * count[:, None])
-    p = jnp.einsum("gse,gs->ge", probs.astype(jnp.float32), w) / count[:, None]
-    return jnp.mean(e * jnp.sum(f * p, axis=-1))
+    return load_balancing_from_statistics(*load_balancing_statistics(probs, expert_index, valid))
 
 
 def router_z_loss(logits: Array, valid: Array | None = None) -> Array:

@@ -104,19 +104,30 @@ def test_logits_and_router_losses_equal_hf(models):
     np.testing.assert_allclose(
         float(losses["encoder/router_z_loss"]), float(out.encoder_z_loss), rtol=1e-5
     )
-    # Decoder (two sparse layers): the z-loss mean equals HF's pooled z-loss; each
-    # layer's balancing loss equals HF's loss function on that layer's router logits.
+    # Decoder (two sparse layers): the z-loss mean equals HF's pooled z-loss, and the
+    # stack-pooled balancing loss equals HF's (which concatenates the layers' logits);
+    # each layer's own loss equals HF's loss function on that layer's router logits.
+    assert config.moe.load_balancing_pooling == "stack"
     np.testing.assert_allclose(
         float(losses["decoder/router_z_loss"]), float(out.decoder_z_loss), rtol=1e-5
     )
+    np.testing.assert_allclose(
+        float(losses["decoder/load_balancing_loss"]), float(out.decoder_aux_loss), rtol=1e-5
+    )
+    per_layer = []
     for layer, logits_hf in zip((1, 3), out.decoder_router_logits):
         ref = hf_switch.load_balancing_loss_func(torch.softmax(logits_hf, -1), logits_hf.argmax(-1))
+        per_layer.append(float(ref))
         np.testing.assert_allclose(
             float(losses[f"decoder/layers_{layer}/load_balancing_loss"]), float(ref), rtol=1e-5
         )
-    # The total loss terms: z-loss as HF combines it (sum of the stack values).
+    # Pooling matters here: HF's stack loss is not the mean of its layers' losses.
+    assert abs(float(out.decoder_aux_loss) - np.mean(per_layer)) > 1e-4
+    # The total loss terms, combined as HF does (sum of the stack values).
     hf_z = float(out.encoder_z_loss + out.decoder_z_loss)
     np.testing.assert_allclose(float(losses["router_z_loss"]), hf_z, rtol=1e-5)
+    hf_aux = float(out.encoder_aux_loss + out.decoder_aux_loss)
+    np.testing.assert_allclose(float(losses["load_balancing_loss"]), hf_aux, rtol=1e-5)
 
 
 def test_logits_equal_hf_when_tokens_are_dropped(models):

@@ -373,3 +373,22 @@ def test_router_entropy_metric():
     np.testing.assert_allclose(float(m["router_confidence"]), 0.25, rtol=1e-6)
     # All four tokens tie and pick expert 0, which has room for all of them.
     np.testing.assert_allclose(np.asarray(m["expert_usage"]), [1, 0, 0, 0])
+
+
+def test_pooled_load_balancing_equals_loss_of_concatenated_layers():
+    """Adding two layers' statistics = the loss over both layers' tokens (HF's pooling)."""
+    rng = np.random.default_rng(7)
+    g, s, e = 3, 5, 4
+    probs = [jax.nn.softmax(jnp.asarray(rng.normal(size=(g, s, e)), jnp.float32)) for _ in "ab"]
+    index = [jnp.asarray(rng.integers(0, e, (g, s, 1))) for _ in "ab"]
+    valid = [jnp.asarray(rng.random((g, s)) > 0.2) for _ in "ab"]
+    stats = [routing.load_balancing_statistics(p, i, v) for p, i, v in zip(probs, index, valid)]
+    pooled = routing.load_balancing_from_statistics(*(a + b for a, b in zip(*stats)))
+    concatenated = routing.load_balancing_loss(
+        jnp.concatenate(probs, axis=1), jnp.concatenate(index, axis=1), jnp.concatenate(valid, 1)
+    )
+    np.testing.assert_allclose(float(pooled), float(concatenated), rtol=1e-6)
+    mean_of_layers = np.mean(
+        [float(routing.load_balancing_loss(*a)) for a in zip(probs, index, valid)]
+    )
+    assert abs(float(pooled) - mean_of_layers) > 1e-4  # pooling is a different quantity
