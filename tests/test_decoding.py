@@ -3,7 +3,6 @@
 import itertools
 import math
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 from flan_moe import decoding
 from flan_moe.model.config import get_config
 from flan_moe.model.transformer import EncoderDecoder
+from tests.random_params import random_params
 
 EOS = 1
 
@@ -224,20 +224,6 @@ def test_decode_config_rejects_bad_settings():
 
 
 # --------------------------------------------------------------------- the real tiny model
-
-
-def random_params(model, seed: int):
-    """Random params of the model's shapes, drawn with numpy (model.init is slow on CPU)."""
-    shape = jax.ShapeDtypeStruct((1, 4), jnp.int32)
-    abstract = jax.eval_shape(lambda t: model.init(jax.random.PRNGKey(0), t, t, t), shape)
-    rng = np.random.default_rng(seed)
-
-    def draw(leaf):
-        if len(leaf.shape) < 2:  # norm scales
-            return jnp.ones(leaf.shape, jnp.float32)
-        return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(leaf.shape[0]), jnp.float32)
-
-    return jax.tree_util.tree_map(draw, nn.unbox(abstract["params"]))
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,7 @@ import json
 import os
 from pathlib import Path
 
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from flan_moe.cli import eval as eval_cli
@@ -17,6 +14,7 @@ from flan_moe.model.config import get_config
 from flan_moe.model.transformer import EncoderDecoder
 from flan_moe.training import checkpoints
 from flan_moe.training.train_state import TrainState
+from tests.random_params import random_params
 
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -28,19 +26,6 @@ def data_root() -> Path:
     if not (root / "mmlu" / "val").is_dir() or not (root / "bbh" / "bbh").is_dir():
         pytest.skip(f"real data not found at {root}: set FLAN_MOE_DATA_DIR")
     return root
-
-
-def random_params(model, seed: int):
-    shape = jax.ShapeDtypeStruct((1, 4), jnp.int32)
-    abstract = jax.eval_shape(lambda t: model.init(jax.random.PRNGKey(0), t, t, t), shape)
-    rng = np.random.default_rng(seed)
-
-    def draw(leaf):
-        if len(leaf.shape) < 2:
-            return jnp.ones(leaf.shape, jnp.float32)
-        return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(leaf.shape[0]), jnp.float32)
-
-    return jax.tree_util.tree_map(draw, nn.unbox(abstract["params"]))
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,6 @@ import csv
 import dataclasses
 import json
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -16,20 +13,7 @@ from flan_moe.data.vocabularies import get_vocabulary
 from flan_moe.evaluation import baselines, evaluator
 from flan_moe.model.config import get_config
 from flan_moe.model.transformer import EncoderDecoder
-
-
-def random_params(model, seed: int):
-    """Random params of the model's shapes, drawn with numpy (model.init is slow on CPU)."""
-    shape = jax.ShapeDtypeStruct((1, 4), jnp.int32)
-    abstract = jax.eval_shape(lambda t: model.init(jax.random.PRNGKey(0), t, t, t), shape)
-    rng = np.random.default_rng(seed)
-
-    def draw(leaf):
-        if len(leaf.shape) < 2:
-            return jnp.ones(leaf.shape, jnp.float32)
-        return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(leaf.shape[0]), jnp.float32)
-
-    return jax.tree_util.tree_map(draw, nn.unbox(abstract["params"]))
+from tests.random_params import random_params
 
 
 class EveryOtherOracle:
