@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import csv
-import dataclasses
 import json
 import math
 import re
@@ -16,26 +15,16 @@ import pytest
 
 from flan_moe.evaluation import baselines, results
 from flan_moe.evaluation.results import SubtaskResult as R
+from tests.evaluation.examples import example
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-@dataclasses.dataclass(frozen=True)
-class _Example:
-    task: str
-    subtask: str
-    answer: str
-    example_id: str
-    options: tuple[str, ...] = ()
-    choices: tuple[str, ...] = ()
-    inputs: str = ""
-
-
 MC = [
-    _Example("mmlu", "anatomy", letter, f"m{i}", ("A", "B", "C", "D"), ("p", "q", "r", "s"))
+    example("mmlu", "anatomy", letter, f"m{i}", ("A", "B", "C", "D"), ("p", "q", "r", "s"))
     for i, letter in enumerate("AABCDA")
 ]
-GEN = [_Example("bbh", "navigate", ans, f"n{i}") for i, ans in enumerate(["Yes", "No", "No"])]
+GEN = [example("bbh", "navigate", ans, f"n{i}") for i, ans in enumerate(["Yes", "No", "No"])]
 
 
 def test_constant_predictor_outputs():
@@ -43,7 +32,7 @@ def test_constant_predictor_outputs():
     assert const.predict(MC[:2] + GEN[:1]) == ["A", "A", "No"]
     assert baselines.ConstantPredictor(option_index=2).predict(MC[:1]) == ["C"]
     assert baselines.ConstantPredictor(default="zzz").predict(GEN[:1]) == ["zzz"]
-    texts_only = _Example("x", "x", "B", "t0", choices=("p", "q"))
+    texts_only = example("x", "x", "B", "t0", choices=("p", "q"))
     assert baselines.ConstantPredictor(option_index=1).predict([texts_only]) == ["(B)"]
     with pytest.raises(ValueError, match="has 4 options"):
         baselines.ConstantPredictor(option_index=4).predict(MC[:1])

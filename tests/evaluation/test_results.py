@@ -10,6 +10,7 @@ import pytest
 
 from flan_moe.evaluation import results
 from flan_moe.evaluation.results import EntryKey, PredictionRecord, SubtaskResult
+from tests.evaluation.examples import example
 
 R = SubtaskResult
 
@@ -222,23 +223,12 @@ def test_predictions_jsonl_round_trip(tmp_path):
     assert results.tally(back) == {"anatomy": R(1, 2, no_answer=1)}
 
 
-@dataclasses.dataclass(frozen=True)
-class _Example:
-    task: str
-    subtask: str
-    answer: str
-    example_id: str
-    options: tuple[str, ...] = ()
-    choices: tuple[str, ...] = ()
-    inputs: str = ""
-
-
 def test_grade_examples_by_suite():
     examples = [
-        _Example("mmlu", "anatomy", "B", "m0", ("A", "B", "C", "D"), ("w", "x", "y", "z")),
-        _Example("mmlu", "anatomy", "C", "m1", ("A", "B", "C", "D"), ("w", "x", "y", "z")),
-        _Example("bbh", "navigate", "Yes", "b0"),
-        _Example("gsm8k", "gsm8k", "1,000", "g0"),
+        example("mmlu", "anatomy", "B", "m0", ("A", "B", "C", "D"), ("w", "x", "y", "z")),
+        example("mmlu", "anatomy", "C", "m1", ("A", "B", "C", "D"), ("w", "x", "y", "z")),
+        example("bbh", "navigate", "Yes", "b0"),
+        example("gsm8k", "gsm8k", "1,000", "g0"),
     ]
     outputs = ["x", "D", "yes.", "It is 1000 dollars"]
     records = results.grade_examples(examples, outputs, cot=False)
@@ -248,7 +238,7 @@ def test_grade_examples_by_suite():
     with pytest.raises(ValueError, match="2 examples but 1 outputs"):
         results.grade_examples(examples[:2], ["A"], cot=False)
     with pytest.raises(ValueError, match="no answer format"):
-        results.grade_examples([_Example("squad", "squad", "x", "s0")], ["x"], cot=False)
+        results.grade_examples([example("squad", "squad", "x", "s0")], ["x"], cot=False)
 
 
 def test_format_table_shows_missing_as_dash():
