@@ -57,13 +57,21 @@ def _norm(cfg: ModelConfig, name: str) -> RMSNorm:
     return RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype, name=name)
 
 
-def _feed_forward(cfg: ModelConfig, layer: int, *, decoder: bool) -> nn.Module:
-    """The dense MLP, or the sparse MoE block where the config places one."""
+def _feed_forward_residual(
+    cfg: ModelConfig, layer: int, x: Array, valid: Array, *, decoder: bool, enable_dropout: bool
+) -> Array:
+    """x + Dropout(FF(RMSNorm(x))), FF being the dense MLP or, where the config places
+    one, the sparse MoE block (which also takes the padding mask)."""
+    h = _norm(cfg, "pre_mlp_layer_norm")(x)
     if cfg.moe is not None and cfg.moe.is_sparse(layer, decoder=decoder):
         from flan_moe.model.moe import MoeBlock  # local: the MoE module imports layers
 
-        return MoeBlock(cfg, decoder=decoder, name="moe")
-    return MlpBlock(cfg, name="mlp")
+        h = MoeBlock(cfg, decoder=decoder, name="moe")(
+            h, padding_mask=valid, enable_dropout=enable_dropout
+        )
+    else:
+        h = MlpBlock(cfg, name="mlp")(h, enable_dropout=enable_dropout)
+    return x + _dropout(h, cfg.dropout_rate, enable_dropout)
 
 
 class EncoderLayer(nn.Module):
@@ -80,11 +88,9 @@ class EncoderLayer(nn.Module):
             h, h, mask=mask, bias=bias, enable_dropout=enable_dropout
         )
         x = x + _dropout(h, cfg.dropout_rate, enable_dropout)
-        h = _norm(cfg, "pre_mlp_layer_norm")(x)
-        h = _apply_feed_forward(
-            _feed_forward(cfg, self.layer, decoder=False), h, valid, enable_dropout
+        x = _feed_forward_residual(
+            cfg, self.layer, x, valid, decoder=False, enable_dropout=enable_dropout
         )
-        x = x + _dropout(h, cfg.dropout_rate, enable_dropout)
         return constrain(x, ("batch", "length", "embed"))
 
 
@@ -116,18 +122,10 @@ class DecoderLayer(nn.Module):
             h, encoded, mask=cross_mask, bias=None, enable_dropout=enable_dropout
         )
         x = x + _dropout(h, cfg.dropout_rate, enable_dropout)
-        h = _norm(cfg, "pre_mlp_layer_norm")(x)
-        h = _apply_feed_forward(
-            _feed_forward(cfg, self.layer, decoder=True), h, valid, enable_dropout
+        x = _feed_forward_residual(
+            cfg, self.layer, x, valid, decoder=True, enable_dropout=enable_dropout
         )
-        x = x + _dropout(h, cfg.dropout_rate, enable_dropout)
         return constrain(x, ("batch", "length", "embed"))
-
-
-def _apply_feed_forward(block: nn.Module, x: Array, valid: Array, enable_dropout: bool) -> Array:
-    if isinstance(block, MlpBlock):
-        return block(x, enable_dropout=enable_dropout)
-    return block(x, padding_mask=valid, enable_dropout=enable_dropout)
 
 
 class Encoder(nn.Module):
