@@ -1,16 +1,23 @@
 """Train a model from gin files: ``python -m flan_moe.cli.train --gin_file=... --gin.X=...``.
 
-Example (a tiny model, 50 steps, then 50 more continuing from step 50)::
+Example (a tiny model trained to step 50; the same command again does nothing, and
+``--gin.TRAIN_STEPS=100`` continues to step 100)::
 
     python -m flan_moe.cli.train --gin_file=gin_configs/models/t5_1_1_tiny.gin \
         --gin_file=gin_configs/runs/pretrain.gin --gin.MODEL_DIR=/tmp/x --gin.TRAIN_STEPS=50
+
+Exit status: 0 when the run reached ``TRAIN_STEPS``; 75 (``EXIT_STOPPED``) when it was
+stopped earlier (SIGTERM/SIGINT: a checkpoint was saved, "stopped at step N of M;
+re-run to continue"); 1 on an error.
 
 Macros (set in gin files or with ``--gin.NAME=value``):
 
 * from the model file: ``MODEL_NAME`` (a size in ``flan_moe.model.config.SIZES``),
   optional ``MODEL_OVERRIDES`` (``{"field": value}``; ``{"moe": {...}}`` for MoE fields);
-* from the run file / command line: ``MODEL_DIR``, ``TRAIN_STEPS`` (steps of THIS
-  invocation, not an absolute step), ``MIXTURE_OR_TASK_NAME`` (a registered SeqIO
+* from the run file / command line: ``MODEL_DIR``, ``TRAIN_STEPS`` (the ABSOLUTE
+  target step, as in t5x: resumed at step 30, TRAIN_STEPS=50 trains 20 steps; a run
+  from INITIAL_CHECKPOINT_PATH on a fresh MODEL_DIR starts at step 0),
+  ``MIXTURE_OR_TASK_NAME`` (a registered SeqIO
   task/mixture, or ``"synthetic"`` for generated batches without TensorFlow),
   ``TASK_FEATURE_LENGTHS`` (``{"inputs": Li, "targets": Lt}``), ``BATCH_SIZE``
   (global), optional ``INITIAL_CHECKPOINT_PATH`` and ``RUN_MODEL_OVERRIDES`` (run
@@ -42,7 +49,7 @@ from flan_moe import partitioning
 from flan_moe.cli.gin_flags import parse_gin, query_macro, split_gin_flags, write_operative_config
 from flan_moe.model.config import ModelConfig, get_config
 from flan_moe.models import LossConfig
-from flan_moe.training.loop import TrainConfig, TrainResult, train
+from flan_moe.training.loop import EXIT_STOPPED, TrainConfig, TrainResult, train
 from flan_moe.training.optimizers import OptimizerConfig
 from flan_moe.training.synthetic import SYNTHETIC_NAME, synthetic_batches
 
@@ -206,6 +213,9 @@ def run_from_gin() -> TrainResult:
         stats = getattr(iterator, "truncation", None)
         if stats is not None:
             log.info("data truncation (examples read so far): %s", stats.as_dict())
+    if result.stopped:
+        log.warning("%s (last checkpoint %s)", result.stop_message(), result.last_checkpoint)
+        return result
     log.info(
         "done: steps %d -> %d, last checkpoint %s",
         *(result.start_step, result.end_step, result.last_checkpoint),
@@ -257,4 +267,4 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(EXIT_STOPPED if main().stopped else 0)

@@ -30,8 +30,10 @@ listing every mismatched path with both shapes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -39,12 +41,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from flan_moe.model.config import ModelConfig
+from flan_moe.training import integrity
 from flan_moe.training.optimizers import path_str
 from flan_moe.training.train_state import TrainState
 
 STEP_PREFIX = "checkpoint"
 ITEMS = ("params", "opt_state", "train", "metadata")
 _STEP_DIR = re.compile(rf"^{STEP_PREFIX}_(\d+)$")
+log = logging.getLogger(__name__)
 
 
 class CheckpointMismatchError(ValueError):
@@ -90,21 +94,30 @@ def list_checkpoints(model_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def resolve_checkpoint(path: str) -> tuple[str, int]:
-    """(model_dir, step) for a MODEL_DIR (latest step) or one checkpoint directory."""
+def resolve_checkpoint(
+    path: str, *, level: str = "full", warn: Callable[[str], None] | None = None
+) -> tuple[str, int]:
+    """(model_dir, step) for a MODEL_DIR (its latest good step) or one checkpoint directory.
+
+    The checkpoint is verified (``integrity.verify_checkpoint`` at ``level``): one named
+    directory that is damaged raises ``CheckpointDamagedError``; in a MODEL_DIR a damaged
+    newest checkpoint is reported through ``warn`` (default: the log) and the previous
+    good one is used.
+    """
     path = os.path.abspath(path)
     match = _STEP_DIR.match(os.path.basename(path.rstrip("/")))
     if match and os.path.isdir(path):
-        if not _is_complete(path):
-            raise FileNotFoundError(f"{path} is an incomplete checkpoint (no params/metadata)")
+        integrity.verify_checkpoint(path, level=level)
         return os.path.dirname(path), int(match.group(1))
-    checkpoints = list_checkpoints(path)
-    if not checkpoints:
+    latest = integrity.latest_good_checkpoint(path, level=level, warn=warn or log.warning)
+    if latest is None:
+        damaged = integrity.step_dirs(path)
         raise FileNotFoundError(
-            f"no checkpoint found at {path}: expected a MODEL_DIR holding "
+            f"no usable checkpoint found at {path}: expected a MODEL_DIR holding "
             f"{STEP_PREFIX}_<step>/ directories, or one such directory"
+            + (f" ({len(damaged)} found, all damaged or incomplete)" if damaged else "")
         )
-    return path, checkpoints[-1][0]
+    return path, latest[0]
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
@@ -141,12 +154,15 @@ def _abstract(tree: Any, sharding: jax.sharding.Sharding | None) -> Any:
     return jax.tree_util.tree_map(one, tree)
 
 
-def restore_params(path: str, abstract_params: Any) -> tuple[Any, dict[str, Any]]:
+def restore_params(
+    path: str, abstract_params: Any, *, level: str = "full"
+) -> tuple[Any, dict[str, Any]]:
     """Params (with the shardings of ``abstract_params``) and metadata from a checkpoint.
 
-    ``path``: a MODEL_DIR or one checkpoint directory. Shapes are checked first.
+    ``path``: a MODEL_DIR or one checkpoint directory. It is verified at ``level``
+    (``resolve_checkpoint``), then shapes are checked.
     """
-    directory, step = resolve_checkpoint(path)
+    directory, step = resolve_checkpoint(path, level=level)
     manager = _manager(directory, read_only=True)
     try:
         saved = manager.item_metadata(step)["params"]
@@ -171,7 +187,8 @@ def load_params(path: str) -> tuple[Any, ModelConfig, dict[str, Any]]:
         metadata = json.load(f)
     config = ModelConfig.from_dict(metadata["model_config"])
     abstract = abstract_params_for(config)
-    params, metadata = restore_params(os.path.join(directory, f"{STEP_PREFIX}_{step}"), abstract)
+    checkpoint = os.path.join(directory, f"{STEP_PREFIX}_{step}")
+    params, metadata = restore_params(checkpoint, abstract, level="structure")  # verified above
     return params, config, metadata
 
 
@@ -198,10 +215,26 @@ class Checkpointer:
     def __init__(self, model_dir: str, *, keep: int | None = 3) -> None:
         self.model_dir = os.path.abspath(model_dir)
         self._manager = _manager(self.model_dir, keep=keep)
+        self._pending: int | None = None  # a step whose save may still be in flight
 
     def latest_step(self) -> int | None:
-        self._manager.reload()
-        return self._manager.latest_step()
+        """The latest good step (``integrity.latest_good_checkpoint``), or None."""
+        latest = integrity.latest_good_checkpoint(self.model_dir, level="structure")
+        return None if latest is None else latest[0]
+
+    def commit_pending(self) -> str | None:
+        """Wait for the save in flight, write its manifest, log it; returns its path."""
+        self._manager.wait_until_finished()
+        if self._pending is None:
+            return None
+        step, self._pending = self._pending, None
+        path = self.path(step)
+        if not os.path.isdir(path):  # already removed by max_to_keep
+            return None
+        if jax.process_index() == 0:
+            integrity.write_manifest(path, step)
+        log.info("checkpoint at step %d committed: %s", step, path)
+        return path
 
     def path(self, step: int) -> str:
         return os.path.join(self.model_dir, f"{STEP_PREFIX}_{step}")
@@ -209,6 +242,7 @@ class Checkpointer:
     def save(self, state: TrainState, *, data_position: int, metadata: dict[str, Any]) -> str:
         """Start an (asynchronous) save of ``state``; returns its final path."""
         step = int(jax.device_get(state.step))
+        self.commit_pending()
         train = {
             "step": step,
             "rng": [int(x) for x in np.asarray(jax.device_get(state.rng)).reshape(-1)],
@@ -224,6 +258,7 @@ class Checkpointer:
             ),
             force=True,
         )
+        self._pending = step
         return self.path(step)
 
     def restore(self, step: int, abstract_state: TrainState) -> tuple[TrainState, dict[str, Any]]:
@@ -255,8 +290,8 @@ class Checkpointer:
         return state, train
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        self.commit_pending()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        self.commit_pending()
         self._manager.close()

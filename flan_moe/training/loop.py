@@ -1,21 +1,34 @@
 """The training run: resume, step, log, checkpoint, stop safely.
 
 ``train(...)`` is the library entry point the CLI wraps with gin. Order of resume:
-the latest complete checkpoint in ``model_dir``; else ``initial_checkpoint_path``
-(params only: a new run at step 0 with a fresh optimizer); else from scratch.
+the latest good checkpoint in ``model_dir`` (``integrity.latest_good_checkpoint``: a
+damaged or incomplete newer one is named in a warning and moved aside to
+``checkpoint_<step>.damaged``); else ``initial_checkpoint_path`` (params only: a new
+run at step 0 with a fresh optimizer); else from scratch.
+
+``train_steps`` is the ABSOLUTE target step (t5x's convention): the run trains from
+its checkpoint's step up to ``train_steps``, so re-running the same command after an
+interruption finishes the plan and re-running a finished one does nothing.
 
 Resume is exact: the step, params, optimizer state and RNG come from the
 checkpoint, and the data iterator restarts at the stored ``data_position`` (the
 number of batches this run has consumed), so an interrupted run + resume ends with
-the same params as an uninterrupted one. ``train_steps`` counts steps of THIS
-invocation (not an absolute step): two invocations of 50 steps end at step 100.
+the same params as an uninterrupted one. Metrics logged after the resumed step are
+dropped from ``metrics.jsonl`` (they are trained again).
 
 Checkpoints: every ``checkpoint_every`` steps, at the end, and on SIGTERM/SIGINT
-(the step in flight finishes, a checkpoint is written, the run returns).
+(the step in flight finishes, a checkpoint is written, the run returns with
+``result.stopped``; the CLI then exits with ``EXIT_STOPPED``). "checkpoint at step N
+committed" is logged once orbax has it on disk, with its manifest written.
 ``train_steps=0`` on a fresh ``model_dir`` writes the initial model as checkpoint 0
-(to evaluate a model before it is trained). A NaN/Inf
-loss raises ``NonFiniteLossError`` naming the step and the last good checkpoint;
-no checkpoint is written after it.
+(to evaluate a model before it is trained). One writer per ``model_dir``
+(``model_dir_lock``).
+
+Non-finite values: the loss and the gradient norm of every step are checked before
+anything after that step is saved; a NaN/Inf raises ``NonFiniteLossError`` naming the
+step and the last good checkpoint, and nothing is saved after it. Params are also
+checked finite before every save and after a restore, so the "last good checkpoint"
+really is finite.
 """
 
 from __future__ import annotations
@@ -29,12 +42,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
 from flan_moe.model.config import ModelConfig
 from flan_moe.models import LossConfig
+from flan_moe.training import integrity
 from flan_moe.training.checkpoints import Checkpointer, restore_params
+from flan_moe.training.model_dir_lock import model_dir_lock
 from flan_moe.training.optimizers import OptimizerConfig
 from flan_moe.training.summaries import MetricAverager, Progress, SummaryWriter, flatten_metrics
 from flan_moe.training.train_state import TrainState
@@ -43,17 +59,18 @@ from flan_moe.training.trainer import Trainer
 log = logging.getLogger(__name__)
 
 IteratorFactory = Callable[[int], Iterator[dict[str, np.ndarray]]]
+EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped before the target step, re-run to continue
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or Inf; the run stopped without saving the bad state."""
+    """The loss or gradient norm became NaN/Inf; the run stopped without saving it."""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Settings of the loop (not of the model or optimizer)."""
 
-    train_steps: int
+    train_steps: int  # the absolute target step
     batch_size: int
     num_microbatches: int = 1
     seed: int = 0
@@ -82,6 +99,39 @@ class TrainResult:
     last_checkpoint: str | None
     stopped_by_signal: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
+    target_step: int = 0
+
+    @property
+    def stopped(self) -> bool:
+        """True when the run ended before its target step (signal or ``stop_after``)."""
+        return self.end_step < self.target_step
+
+    def stop_message(self) -> str:
+        return f"stopped at step {self.end_step} of {self.target_step}; re-run to continue"
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def check_finite_params(params: Any, *, where: str) -> None:
+    """Raise ``NonFiniteLossError`` when any param is NaN/Inf."""
+    if not bool(jax.device_get(_all_finite(params))):
+        raise NonFiniteLossError(
+            f"{where}: params contain NaN/Inf. Move that checkpoint aside (or delete it) and "
+            "resume from an earlier one, with a lower learning rate or gradient clipping."
+        )
+
+
+def _nonfinite_problem(scalars: dict[str, float]) -> str | None:
+    bad = [
+        f"{name} is {scalars[name]}"
+        for name in ("loss", "grad_norm")
+        if name in scalars and not math.isfinite(scalars[name])
+    ]
+    return ", ".join(bad) or None
 
 
 class _StopFlag:
@@ -128,6 +178,39 @@ def _check_batch(batch: dict[str, np.ndarray], batch_size: int, step: int) -> No
             )
 
 
+def _resume_checkpoint(model_dir: str) -> tuple[int, str] | None:
+    """The latest good checkpoint; newer damaged ones are named and moved aside."""
+
+    def move_aside(step: int, path: str) -> None:
+        if jax.process_index() == 0:
+            log.warning("moved damaged checkpoint %s to %s", path, integrity.move_aside(path))
+
+    return integrity.latest_good_checkpoint(
+        model_dir, level="full", warn=log.warning, on_damaged=move_aside
+    )
+
+
+def _initial_state(
+    trainer: Trainer,
+    checkpointer: Checkpointer,
+    latest: tuple[int, str] | None,
+    initial_checkpoint_path: str | None,
+    seed: int,
+) -> tuple[TrainState, int]:
+    """(state, data position): from ``latest``, else the initial checkpoint, else scratch."""
+    if latest is not None:
+        state, record = checkpointer.restore(latest[0], trainer.abstract_state)
+        check_finite_params(state.params, where=f"checkpoint {latest[1]}")
+        log.info("resuming from %s (data position %d)", latest[1], int(record["data_position"]))
+        return state, int(record["data_position"])
+    if initial_checkpoint_path:
+        params, _ = restore_params(initial_checkpoint_path, trainer.abstract_state.params)
+        log.info("starting at step 0 from initial checkpoint %s", initial_checkpoint_path)
+        return trainer.init_from_params(params, seed), 0
+    log.info("starting from scratch (seed %d)", seed)
+    return trainer.init(seed), 0
+
+
 def train(
     *,
     model_config: ModelConfig,
@@ -142,13 +225,43 @@ def train(
     trainer: Trainer | None = None,
     stop_after: int | None = None,
 ) -> TrainResult:
-    """Train ``train_config.train_steps`` steps in ``model_dir`` (see module docstring).
+    """Train up to step ``train_config.train_steps`` in ``model_dir`` (see module docstring).
 
     ``iterator_factory(start)`` must yield the run's batches from batch index
     ``start`` on. ``run_metadata`` (vocabulary, task_feature_lengths, ...) is stored
     with every checkpoint. ``trainer`` reuses compiled steps (tests); ``stop_after``
     simulates an interruption after that many steps of this invocation.
     """
+    with model_dir_lock(model_dir, enabled=jax.process_index() == 0):
+        return _train_locked(
+            model_config=model_config,
+            train_config=train_config,
+            optimizer_config=optimizer_config,
+            iterator_factory=iterator_factory,
+            model_dir=model_dir,
+            loss_config=loss_config,
+            mesh=mesh,
+            initial_checkpoint_path=initial_checkpoint_path,
+            run_metadata=run_metadata,
+            trainer=trainer,
+            stop_after=stop_after,
+        )
+
+
+def _train_locked(
+    *,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    optimizer_config: OptimizerConfig,
+    iterator_factory: IteratorFactory,
+    model_dir: str,
+    loss_config: LossConfig | None,
+    mesh: Mesh | None,
+    initial_checkpoint_path: str | None,
+    run_metadata: dict[str, Any] | None,
+    trainer: Trainer | None,
+    stop_after: int | None,
+) -> TrainResult:
     cfg = train_config
     if trainer is None:
         trainer = Trainer(
@@ -164,27 +277,24 @@ def train(
         "optimizer_config": asdict(optimizer_config),
         "batch_size": cfg.batch_size,
     }
+    latest = _resume_checkpoint(model_dir)
     checkpointer = Checkpointer(model_dir, keep=cfg.keep_checkpoints)
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        state, record = checkpointer.restore(latest, trainer.abstract_state)
-        data_position = int(record["data_position"])
-        last_checkpoint: str | None = checkpointer.path(latest)
-        log.info("resuming from %s (data position %d)", last_checkpoint, data_position)
-    elif initial_checkpoint_path:
-        params, _ = restore_params(initial_checkpoint_path, trainer.abstract_state.params)
-        state = trainer.init_from_params(params, cfg.seed)
-        data_position, last_checkpoint = 0, None
-        log.info("starting from initial checkpoint %s", initial_checkpoint_path)
-    else:
-        state = trainer.init(cfg.seed)
-        data_position, last_checkpoint = 0, None
-        log.info("starting from scratch (seed %d)", cfg.seed)
-
+    state, data_position = _initial_state(
+        trainer, checkpointer, latest, initial_checkpoint_path, cfg.seed
+    )
+    last_checkpoint: str | None = None if latest is None else latest[1]
     start = int(jax.device_get(state.step))
-    end = start + cfg.train_steps
-    result = TrainResult(state=state, start_step=start, end_step=end, last_checkpoint=None)
-    writer = SummaryWriter(model_dir)
+    end = cfg.train_steps
+    if start > end:
+        log.warning(
+            "the checkpoint is at step %d, past TRAIN_STEPS=%d (the absolute target step): "
+            "nothing to train", start, end,
+        )  # fmt: skip
+        end = start
+    result = TrainResult(
+        state=state, start_step=start, end_step=end, last_checkpoint=None, target_step=end
+    )
+    writer = SummaryWriter(model_dir, resume_step=start)
     averager, progress = MetricAverager(), Progress(start_step=start, end_step=end)
     stop = _StopFlag()
     iterator = iterator_factory(data_position)
@@ -198,12 +308,14 @@ def train(
         step, metrics = pending
         pending = None
         scalars = flatten_metrics(jax.device_get(metrics))
-        if cfg.stop_on_nonfinite and not math.isfinite(scalars["loss"]):
+        problem = _nonfinite_problem(scalars) if cfg.stop_on_nonfinite else None
+        if problem:
             raise NonFiniteLossError(
-                f"loss is {scalars['loss']} at step {step} (the update that produced step "
-                f"{step}). Last good checkpoint: {last_checkpoint or 'none (no checkpoint yet)'}."
-                " Lower the learning rate, check the data at this step, or enable loss/grad "
-                "clipping (OptimizerConfig.max_grad_norm) and resume from that checkpoint."
+                f"{problem} at step {step} (the update that produced step {step}; it was "
+                f"not saved). Last good checkpoint: "
+                f"{last_checkpoint or 'none (no checkpoint yet)'}. Lower the learning rate, "
+                "check the data at this step, or enable gradient clipping "
+                "(OptimizerConfig.max_grad_norm) and resume from that checkpoint."
             )
         averager.add(scalars)
         if step % cfg.log_every == 0 or step == end:
@@ -215,10 +327,12 @@ def train(
 
     def save(state: TrainState, step: int) -> None:
         nonlocal last_checkpoint
-        drain()
+        drain()  # a NaN/Inf loss or gradient norm at this step raises before saving
+        if cfg.stop_on_nonfinite:
+            check_finite_params(state.params, where=f"step {step}")
         last_checkpoint = checkpointer.save(state, data_position=data_position, metadata=metadata)
         result.last_checkpoint = last_checkpoint
-        log.info("checkpoint at step %d -> %s", step, last_checkpoint)
+        log.debug("saving checkpoint at step %d -> %s", step, last_checkpoint)
 
     try:
         with stop.installed():
@@ -245,9 +359,7 @@ def train(
                     result.stopped_by_signal = stop.signal is not None
                     break
             drain()
-            if latest is not None and start == end:
-                last_checkpoint = checkpointer.path(latest)
-            elif start == end:
+            if latest is None and start == end:
                 # TRAIN_STEPS=0 on a fresh MODEL_DIR: write the initial model (from scratch
                 # or INITIAL_CHECKPOINT_PATH) so it can be evaluated before any training.
                 save(state, start)

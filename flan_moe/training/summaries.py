@@ -36,12 +36,41 @@ def flatten_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-class SummaryWriter:
-    """Writes scalars to ``<model_dir>/<subdir>`` (TensorBoard) and ``metrics.jsonl``."""
+def drop_metrics_after(path: str, step: int) -> int:
+    """Remove the lines of a ``metrics.jsonl`` logged after ``step``; returns how many.
 
-    def __init__(self, model_dir: str, *, subdir: str = "train") -> None:
+    On resume from the checkpoint at ``step`` the steps after it are trained again,
+    so their old lines would otherwise appear twice. The file is rewritten atomically.
+    """
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        lines = f.read().splitlines()
+    kept = [line for line in lines if not line.strip() or json.loads(line)["step"] <= step]
+    dropped = len(lines) - len(kept)
+    if dropped:
+        with open(path + ".tmp", "w") as f:
+            f.write("".join(line + "\n" for line in kept))
+        os.replace(path + ".tmp", path)
+        log.info("metrics.jsonl: dropped %d line(s) after step %d (trained again)", dropped, step)
+    return dropped
+
+
+class SummaryWriter:
+    """Writes scalars to ``<model_dir>/<subdir>`` (TensorBoard) and ``metrics.jsonl``.
+
+    ``resume_step``: the run resumes from this step, so logs of later steps are
+    dropped from ``metrics.jsonl`` and TensorBoard is told to purge them (a
+    ``SessionLog.START`` event at that step).
+    """
+
+    def __init__(
+        self, model_dir: str, *, subdir: str = "train", resume_step: int | None = None
+    ) -> None:
         self.directory = os.path.join(model_dir, subdir)
         os.makedirs(self.directory, exist_ok=True)
+        if resume_step is not None:
+            drop_metrics_after(os.path.join(self.directory, "metrics.jsonl"), resume_step)
         self._jsonl = open(os.path.join(self.directory, "metrics.jsonl"), "a")  # noqa: SIM115
         self._events = None
         try:
@@ -54,6 +83,12 @@ class SummaryWriter:
             self._events = RecordWriter(open(os.path.join(self.directory, name), "wb"))  # noqa: SIM115
             version = Event(wall_time=time.time(), step=0, file_version="brain.Event:2")
             self._events.write(version.SerializeToString())
+            if resume_step is not None:
+                from tensorboard.compat.proto.event_pb2 import SessionLog
+
+                start = Event(wall_time=time.time(), step=resume_step,
+                              session_log=SessionLog(status=SessionLog.START))  # fmt: skip
+                self._events.write(start.SerializeToString())
             self._events.flush()
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:

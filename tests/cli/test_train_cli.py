@@ -61,12 +61,14 @@ def test_cli_trains_checkpoints_and_resumes(tmp_path):
     first = train_cli.main(_args(model_dir, 3))
     assert (first.start_step, first.end_step) == (0, 3)
     assert [s for s, _ in list_checkpoints(model_dir)] == [2, 3]
-    second = train_cli.main(_args(model_dir, 2))
+    second = train_cli.main(_args(model_dir, 5))  # TRAIN_STEPS: the absolute target step
     assert (second.start_step, second.end_step) == (3, 5)
+    again = train_cli.main(_args(model_dir, 5))  # idempotent: nothing left to train
+    assert (again.start_step, again.end_step) == (5, 5) and not again.stopped
     assert [s for s, _ in list_checkpoints(model_dir)][-1] == 5
     with open(os.path.join(model_dir, "config.gin")) as f:
         config_text = f.read()
-    assert "MODEL_NAME = 'tiny'" in config_text and "TRAIN_STEPS = 2" in config_text
+    assert "MODEL_NAME = 'tiny'" in config_text and "TRAIN_STEPS = 5" in config_text
     assert os.path.exists(os.path.join(model_dir, "operative_config.gin"))
     with open(os.path.join(model_dir, "train", "metrics.jsonl")) as f:
         lines = f.read().splitlines()

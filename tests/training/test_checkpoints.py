@@ -68,8 +68,9 @@ def test_interrupted_then_resumed_equals_uninterrupted(trainer, uninterrupted, t
     _, full_params = uninterrupted
     first = _train(trainer, tmp_path, 5, stop_after=3)  # killed after step 3 (saved on stop)
     assert first.end_step == 3
-    second = _train(trainer, tmp_path, 2)  # TRAIN_STEPS counts this invocation's steps
-    assert (second.start_step, second.end_step) == (3, 5)
+    assert first.stopped and first.stop_message() == "stopped at step 3 of 5; re-run to continue"
+    second = _train(trainer, tmp_path, 5)  # TRAIN_STEPS is the absolute target step
+    assert (second.start_step, second.end_step) == (3, 5) and not second.stopped
     _assert_bitwise_equal(jax.device_get(second.state.params), full_params)
 
 
