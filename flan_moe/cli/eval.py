@@ -133,6 +133,9 @@ def find_targets(args: argparse.Namespace) -> tuple[list[Target], Path]:
         found = [(step, path)]
     else:
         found = checkpoints.list_checkpoints(path)
+        if args.latest_only:  # the latest GOOD one: a damaged newer one is named and skipped
+            latest = checkpoints.latest_checkpoint(path, level="sizes")
+            found = [latest] if latest else []
         model_dir = path
         if not found:
             raise SystemExit(

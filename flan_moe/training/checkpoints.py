@@ -7,6 +7,7 @@ Layout (one directory per saved step, written by an orbax ``CheckpointManager``)
         opt_state/  the optimizer state, leaves keyed by their '/'-joined key path
         train/      JSON: {"step", "rng": [uint32, uint32], "data_position"}
         metadata/   JSON: run metadata (see below)
+        manifest.json  sizes + SHA-256 of every file (``integrity``), written on commit
 
 Writes are atomic: orbax writes into a temporary directory and renames it when
 complete, so a crash mid-write leaves the previous checkpoint usable and the
@@ -16,8 +17,12 @@ Contract for readers (the evaluator codes against these two functions):
 
 * ``list_checkpoints(model_dir) -> [(step, path), ...]``: complete checkpoints
   only, sorted by step.
+* ``latest_checkpoint(model_dir, level=...) -> (step, path) | None``: THE latest (the
+  newest that verifies against its manifest, see ``integrity``; a damaged newer one is
+  named in a warning and skipped). Training resume and eval ``--latest_only`` use it.
 * ``load_params(path) -> (params, ModelConfig, metadata)``: ``path`` is a
-  MODEL_DIR (its latest checkpoint) or one checkpoint's directory. ``params`` are
+  MODEL_DIR (its latest checkpoint) or one checkpoint's directory, verified in full
+  first (``CheckpointDamagedError`` names a damaged one). ``params`` are
   raw (unboxed) float32 jax arrays on the default device; ``metadata`` holds at
   least ``{"step": int, "vocabulary": str, "task_feature_lengths": {...},
   "model_config": {...}}`` (``ModelConfig.to_dict()``), plus what the trainer
@@ -94,6 +99,14 @@ def list_checkpoints(model_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def latest_checkpoint(
+    model_dir: str, *, level: str = "full", warn: Callable[[str], None] | None = None
+) -> tuple[int, str] | None:
+    """(step, path) of the latest good checkpoint (``integrity.latest_good_checkpoint``);
+    a damaged newer one is reported through ``warn`` (default: a logged warning)."""
+    return integrity.latest_good_checkpoint(model_dir, level=level, warn=warn or log.warning)
+
+
 def resolve_checkpoint(
     path: str, *, level: str = "full", warn: Callable[[str], None] | None = None
 ) -> tuple[str, int]:
@@ -109,7 +122,7 @@ def resolve_checkpoint(
     if match and os.path.isdir(path):
         integrity.verify_checkpoint(path, level=level)
         return os.path.dirname(path), int(match.group(1))
-    latest = integrity.latest_good_checkpoint(path, level=level, warn=warn or log.warning)
+    latest = latest_checkpoint(path, level=level, warn=warn)
     if latest is None:
         damaged = integrity.step_dirs(path)
         raise FileNotFoundError(
