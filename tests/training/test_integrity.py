@@ -180,8 +180,11 @@ def test_a_checkpoint_with_nan_params_is_refused_on_resume(trainer, tmp_path):
 
 
 def test_a_second_writer_gets_an_error_naming_the_holder(trainer, tmp_path):
-    with model_dir_lock(str(tmp_path)), pytest.raises(
-        ModelDirLockedError, match=rf"in use by another trainer \(pid {os.getpid()} "
+    with (
+        model_dir_lock(str(tmp_path)),
+        pytest.raises(
+            ModelDirLockedError, match=rf"in use by another trainer \(pid {os.getpid()} "
+        ),
     ):
         _train(trainer, tmp_path, 2)
     assert _train(trainer, tmp_path, 0).end_step == 0  # released
