@@ -9,7 +9,10 @@ The first argument is an experiment name (``setting1``, ``setting2``, ``setting3
 name), ``SCALE`` (tiny | small | base | paper; ``--scale`` overrides it) and
 optionally ``MODELS`` (``{"role": "model gin file stem"}``, e.g. to swap the MoE family
 ``{"switch": "switch_base_16"}``). Finished stages are skipped on re-run; a failed
-stage is reported with its log and resumes on the next run.
+stage is reported with its log and resumes on the next run. A stage whose config
+changed (e.g. another model in MODELS) re-runs with every stage that depends on it,
+unless ``--keep-stale`` (then its results are marked stale); ``--dry_run`` prints the
+plan without running anything.
 """
 
 from __future__ import annotations
@@ -85,6 +88,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", default="", help="comma-separated stage names to re-run")
     parser.add_argument("--quiet", action="store_true", help="do not echo stage output")
     parser.add_argument("--list", action="store_true", help="list experiments and scales")
+    parser.add_argument(
+        "--dry_run", action="store_true", help="print the plan (stages, which would run, steps)"
+    )
+    parser.add_argument(
+        "--keep-stale",
+        "--keep_stale",
+        dest="keep_stale",
+        action="store_true",
+        help="keep finished stages whose config changed (marked stale in the report)",
+    )
     args = parser.parse_args(argv)
     if args.list or not args.experiment:
         for name in settings.EXPERIMENTS:
@@ -92,13 +105,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"scales: {', '.join(settings.SCALES)}")
         return 0
     experiment, scale = resolve(args.experiment, args.scale)
+    force = [s for s in args.force.split(",") if s]
+    if args.dry_run:
+        print(runner.dry_run(experiment, scale, args.output_dir, force=force,
+                             keep_stale=args.keep_stale))  # fmt: skip
+        return 0
     check_data_dir()
     outcomes, paths = runner.run_experiment(
         experiment,
         scale,
         args.output_dir,
-        force=[s for s in args.force.split(",") if s],
+        force=force,
         verbose=not args.quiet,
+        keep_stale=args.keep_stale,
     )
     print()
     for table_md in sorted(paths["report.md"].parent.glob("table_*.md")):

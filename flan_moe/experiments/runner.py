@@ -15,6 +15,7 @@ Stages run as subprocesses of ``python -m flan_moe.cli.train`` and
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import glob
@@ -27,7 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from flan_moe.experiments import figures, pipeline, report
+from flan_moe.experiments import figures, pipeline, report, stage_keys
 from flan_moe.experiments.settings import (
     FINETUNE_TASK,
     INSTRUCTION_MIXTURE,
@@ -69,20 +70,52 @@ def _run_in_process(command: tuple[str, ...]) -> Callable[[Path, TextIO], None]:
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 status = main(argv)
+        except SystemExit as e:  # argparse / CLI errors: a failed stage, not a dead pipeline
+            raise RuntimeError(f"{module} exited with status {e.code}") from None
         finally:
             logger.removeHandler(handler)
             for h in old_handlers:
                 logger.addHandler(h)
         if isinstance(status, int) and status != 0:
             raise RuntimeError(f"{module} returned status {status}")
+        if getattr(status, "stopped", False):  # a TrainResult that ended before its target
+            raise RuntimeError(f"{module}: {status.stop_message()}")
 
     return run
 
 
+def train_target(command: tuple[str, ...]) -> pipeline.TrainTarget | None:
+    """The planned end of a ``flan_moe.cli.train`` command (from its --gin.X bindings)."""
+    if "flan_moe.cli.train" not in command:
+        return None
+    bindings = {}
+    for arg in command:
+        if arg.startswith("--gin.") and "=" in arg:
+            name, value = arg[len("--gin.") :].split("=", 1)
+            with contextlib.suppress(ValueError, SyntaxError):
+                bindings[name] = ast.literal_eval(value)
+    if "MODEL_DIR" not in bindings or "TRAIN_STEPS" not in bindings:
+        return None
+    lengths = bindings.get("TASK_FEATURE_LENGTHS") or {}
+    return pipeline.TrainTarget(
+        model_dir=str(bindings["MODEL_DIR"]),
+        step=int(bindings["TRAIN_STEPS"]),
+        batch_size=int(bindings.get("BATCH_SIZE") or 0),
+        tokens_per_example=int(sum(lengths.values())) if isinstance(lengths, dict) else 0,
+    )
+
+
 def _stage(name: str, command: tuple[str, ...], depends_on: tuple[str, ...], in_process: bool):
+    """A pipeline stage for a CLI command: keyed by the command and its gin files; a
+    train command is done only at its planned step."""
+    keys = {
+        "depends_on": depends_on,
+        "fingerprint": stage_keys.command_fingerprint(command),
+        "train_target": train_target(command),
+    }
     if in_process:
-        return pipeline.Stage(name, function=_run_in_process(command), depends_on=depends_on)
-    return pipeline.Stage(name, command=command, depends_on=depends_on)
+        return pipeline.Stage(name, function=_run_in_process(command), **keys)
+    return pipeline.Stage(name, command=command, **keys)
 
 
 def _train_command(
@@ -250,11 +283,18 @@ def _config_text(model_dir: Path) -> str:
 
 
 def build_report(
-    experiment: Experiment, scale: Scale, plans: Sequence[RunPlan], root: Path
+    experiment: Experiment,
+    scale: Scale,
+    plans: Sequence[RunPlan],
+    root: Path,
+    *,
+    stale_runs: Sequence[str] = (),
 ) -> dict[str, Path]:
+    """``stale_runs``: labels of runs with a stale stage (``--keep-stale``); their cells
+    are marked "(stale)" in the tables and listed in the notes."""
     runs = [
         report.Run(
-            label=p.run.label,
+            label=p.run.label + (" (stale)" if p.run.label in stale_runs else ""),
             results_files=results_files(p.final_model_dir),
             attributes=dict(p.run.attributes),
             config_text=_config_text(p.final_model_dir),
@@ -290,6 +330,11 @@ def build_report(
         f"{dict(scale.feature_lengths)}, eval subsample "
         f"{scale.eval_subsample or 'all'} per subtask.",
     )
+    if stale_runs:
+        notes += (
+            f"STALE (kept with --keep-stale; their config changed since they ran): "
+            f"{', '.join(stale_runs)}.",
+        )
     return report.write_report(
         report.Report(experiment.title, tuple(tables), tuple(figs), tuple(runs), notes), out
     )
@@ -304,14 +349,35 @@ def run_experiment(
     verbose: bool = True,
     out: TextIO = sys.stdout,
     in_process: bool = False,
+    keep_stale: bool = False,
 ) -> tuple[list[pipeline.StageOutcome], dict[str, Path]]:
     """Run (or resume) every stage, then write the report; returns outcomes and paths.
 
-    ``in_process`` runs the train/eval commands in this process instead of subprocesses.
+    ``in_process`` runs the train/eval commands in this process instead of subprocesses;
+    ``keep_stale`` keeps finished stages whose config changed and marks them in the report.
     """
     root = experiment_root(base_dir, experiment, scale)
     plans = plan_experiment(experiment, scale, root, in_process=in_process)
     stages = [stage for plan in plans for stage in plan.stages]
-    outcomes = pipeline.run_pipeline(stages, root, force=force, verbose=verbose, out=out)
-    paths = build_report(experiment, scale, plans, root)
+    outcomes = pipeline.run_pipeline(
+        stages, root, force=force, verbose=verbose, out=out, keep_stale=keep_stale
+    )
+    stale = {o.name for o in outcomes if o.status == "stale"}
+    stale_runs = [p.run.label for p in plans if any(s.name in stale for s in p.stages)]
+    paths = build_report(experiment, scale, plans, root, stale_runs=stale_runs)
     return outcomes, paths
+
+
+def dry_run(
+    experiment: Experiment,
+    scale: Scale,
+    base_dir: str | os.PathLike,
+    *,
+    force: Sequence[str] = (),
+    keep_stale: bool = False,
+) -> str:
+    """The plan of ``run_experiment`` (stages, which would run, steps/tokens), as text."""
+    root = experiment_root(base_dir, experiment, scale)
+    stages = [s for plan in plan_experiment(experiment, scale, root) for s in plan.stages]
+    planned = pipeline.plan_pipeline(stages, root, force=force, keep_stale=keep_stale)
+    return f"Plan for {root}:\n" + pipeline.format_plan(planned)
