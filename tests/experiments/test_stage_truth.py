@@ -202,8 +202,10 @@ def _steps(model_dir):
     return [s for s, _ in integrity.step_dirs(model_dir)]
 
 
-def _kill_child_then_parent_then_rerun(tmp_path, trainer_argv, target, first_checkpoint):
-    """Kill the stage's child (SIGKILL), re-run; kill the parent (SIGKILL), re-run."""
+def _kill_child_then_parent_then_rerun(
+    tmp_path, trainer_argv, target, first_checkpoint, child_signal=signal.SIGKILL
+):
+    """Kill the stage's child (``child_signal``), re-run; kill the parent (SIGKILL), re-run."""
     model_dir, root = str(tmp_path / "model"), str(tmp_path / "exp")
     parent_script = tmp_path / "parent.py"
     parent_script.write_text(PARENT)
@@ -221,10 +223,13 @@ def _kill_child_then_parent_then_rerun(tmp_path, trainer_argv, target, first_che
     parent = start_parent()
     _wait_for(lambda: _steps(model_dir), what="a first checkpoint")
     child = _wait_for(lambda: _holder_pid(model_dir), what="the trainer's lock")
-    os.kill(child, signal.SIGKILL)
-    assert parent.wait(timeout=60) == 1
+    os.kill(child, child_signal)
+    assert parent.wait(timeout=120) == 1
     assert not Path(root, "train", pipeline.DONE).exists()
-    assert Path(root, "train", pipeline.FAILED).exists()
+    failed = Path(root, "train", pipeline.FAILED).read_text()
+    if child_signal == signal.SIGTERM:  # saved a checkpoint, exited "stopped, resumable"
+        assert "exited with status 75: stopped before its planned end" in failed
+        assert "stopped at step" in Path(root, "train", pipeline.LOG).read_text()
     stopped_at = max(_steps(model_dir))
     assert first_checkpoint <= stopped_at < target
 
@@ -300,5 +305,9 @@ def test_real_trainer_killed_child_then_parent_then_rerun_ends_at_the_planned_st
     wrapper = tmp_path / "train_wrapper.py"
     wrapper.write_text(REAL_TRAINER_WRAPPER)
     _kill_child_then_parent_then_rerun(
-        tmp_path, [str(wrapper), *TINY_TRAIN], target=600, first_checkpoint=10
+        tmp_path,
+        [str(wrapper), *TINY_TRAIN],
+        target=600,
+        first_checkpoint=10,
+        child_signal=signal.SIGTERM,
     )
