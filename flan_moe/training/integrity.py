@@ -7,8 +7,8 @@ once orbax has committed it::
 
 ``verify_checkpoint(path, level=...)`` checks a checkpoint before it is used:
 
-* always: the orbax commit files are there (``_CHECKPOINT_METADATA``,
-  ``params/_METADATA``, ``metadata/metadata``), so an empty or half-copied folder is
+* always: the files a reader needs first are there (``params/_METADATA``,
+  ``metadata/metadata``), so an empty or half-copied folder is
   named as incomplete instead of failing deep inside orbax;
 * ``level="sizes"`` (cheap: one ``stat`` per file): every listed file exists with its
   size; ``level="full"``: and its SHA-256 matches (a flipped bit is caught).
@@ -34,7 +34,7 @@ from collections.abc import Callable
 MANIFEST = "manifest.json"
 STEP_PREFIX = "checkpoint"
 STEP_DIR = re.compile(rf"^{STEP_PREFIX}_(\d+)$")
-REQUIRED_FILES = ("_CHECKPOINT_METADATA", "params/_METADATA", "metadata/metadata")
+REQUIRED_FILES = ("params/_METADATA", "metadata/metadata")
 LEVELS = ("structure", "sizes", "full")
 
 

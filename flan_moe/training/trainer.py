@@ -9,7 +9,7 @@ expert mesh axes), and compiles:
   accumulated over ``num_microbatches`` microbatches with ``lax.scan`` (microbatch
   i holds rows i, i+m, i+2m, ... so each stays spread over the data shards), the
   loss normalised by the real target tokens of the whole batch, frozen params left
-  bit-identical;
+  bit-identical; a step whose loss or gradient norm is NaN/Inf is not applied;
 * ``eval_step(params, batch) -> metrics``: no dropout.
 
 Compute runs in the model config's ``dtype`` (bfloat16 by default) with float32
@@ -293,11 +293,14 @@ class Trainer:
             if t
         ]
         metrics = summarize_parts(parts, num_microbatches=self.num_microbatches)
-        metrics.update(
-            loss=loss,
-            learning_rate=self.schedule(state.step),
-            grad_norm=optax.tree.norm(trained_grads),
-        )
+        grad_norm = optax.tree.norm(trained_grads)
+        metrics.update(loss=loss, learning_rate=self.schedule(state.step), grad_norm=grad_norm)
+        # A step whose loss or gradient norm is NaN/Inf is not applied: params and optimizer
+        # state stay those of the last good step (the loop then stops the run).
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep_good = lambda new, old: jnp.where(finite, new, old)
+        params = jax.tree_util.tree_map(keep_good, params, state.params)
+        opt_state = jax.tree_util.tree_map(keep_good, opt_state, state.opt_state)
         new_state = TrainState(
             step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng
         )

@@ -121,7 +121,7 @@ def test_an_empty_or_half_copied_latest_checkpoint_is_incomplete(reference, tmp_
     os.remove(copy / "checkpoint_6" / "params" / "_METADATA")
     warnings: list[str] = []
     assert latest_checkpoint(str(copy), level="sizes", warn=warnings.append)[0] == 4
-    assert "checkpoint_44 is incomplete: missing _CHECKPOINT_METADATA" in warnings[0]
+    assert "checkpoint_44 is incomplete: missing params/_METADATA" in warnings[0]
     assert "checkpoint_6 is incomplete: missing params/_METADATA" in warnings[1]
 
 
@@ -201,3 +201,15 @@ def test_metrics_of_replayed_steps_are_logged_once(trainer, tmp_path):
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert all(json.loads(line)["loss"] != 99.0 for line in metrics.read_text().splitlines())
+
+
+def test_a_step_with_a_nan_loss_does_not_apply_its_update(trainer):
+    state = trainer.init(0)
+    batch = next(_factory(0))
+    batch["decoder_loss_weights"] = batch["decoder_loss_weights"].astype(np.float32)
+    batch["decoder_loss_weights"][0, 0] = np.nan
+    new_state, metrics = trainer.train_step(state, batch)
+    assert not np.isfinite(float(metrics["loss"]))
+    assert int(new_state.step) == 1
+    _assert_bitwise_equal(jax.device_get(new_state.params), jax.device_get(state.params))
+    _assert_bitwise_equal(jax.device_get(new_state.opt_state), jax.device_get(state.opt_state))
