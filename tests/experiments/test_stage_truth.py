@@ -203,7 +203,7 @@ def _steps(model_dir):
 
 
 def _kill_child_then_parent_then_rerun(
-    tmp_path, trainer_argv, target, first_checkpoint, child_signal=signal.SIGKILL
+    tmp_path, trainer_argv, target, first_checkpoint, child_signal=signal.SIGKILL, timeout=60.0
 ):
     """Kill the stage's child (``child_signal``), re-run; kill the parent (SIGKILL), re-run."""
     model_dir, root = str(tmp_path / "model"), str(tmp_path / "exp")
@@ -221,10 +221,10 @@ def _kill_child_then_parent_then_rerun(
 
     # 1. The child is killed: the stage fails (not done) and the re-run finishes it.
     parent = start_parent()
-    _wait_for(lambda: _steps(model_dir), what="a first checkpoint")
+    _wait_for(lambda: _steps(model_dir), timeout=timeout, what="a first checkpoint")
     child = _wait_for(lambda: _holder_pid(model_dir), what="the trainer's lock")
     os.kill(child, child_signal)
-    assert parent.wait(timeout=120) == 1
+    assert parent.wait(timeout=timeout) == 1
     assert not Path(root, "train", pipeline.DONE).exists()
     failed = Path(root, "train", pipeline.FAILED).read_text()
     if child_signal == signal.SIGTERM:  # saved a checkpoint, exited "stopped, resumable"
@@ -235,17 +235,19 @@ def _kill_child_then_parent_then_rerun(
 
     # 2. The parent is killed: its child gets SIGTERM (PDEATHSIG), saves and exits.
     parent = start_parent()
-    _wait_for(lambda: max(_steps(model_dir)) > stopped_at, what="progress after the resume")
+    _wait_for(
+        lambda: max(_steps(model_dir)) > stopped_at, timeout=timeout, what="progress after resume"
+    )
     child = _wait_for(lambda: _holder_pid(model_dir), what="the trainer's lock")
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait(timeout=10)
-    _wait_for(lambda: not _alive(child), timeout=120, what="the orphaned trainer to exit")
+    _wait_for(lambda: not _alive(child), timeout=timeout, what="the orphaned trainer to exit")
     assert not Path(root, "train", pipeline.DONE).exists()
     assert max(_steps(model_dir)) < target
 
     # 3. The re-run ends at exactly the planned step.
     parent = start_parent()
-    assert parent.wait(timeout=600) == 0
+    assert parent.wait(timeout=timeout) == 0
     assert max(_steps(model_dir)) == target
     assert Path(root, "train", pipeline.DONE).exists()
     return model_dir
@@ -310,4 +312,5 @@ def test_real_trainer_killed_child_then_parent_then_rerun_ends_at_the_planned_st
         target=600,
         first_checkpoint=10,
         child_signal=signal.SIGTERM,
+        timeout=900.0,
     )
