@@ -49,6 +49,18 @@ def reference(trainer, tmp_path_factory):
     return model_dir, jax.device_get(result.state.params)
 
 
+@pytest.fixture
+def flan_log(caplog):
+    """The ``flan_moe`` loggers' records at INFO, even when the CLI stopped propagation."""
+    logger = logging.getLogger("flan_moe")
+    old_level = logger.level
+    logger.addHandler(caplog.handler)
+    logger.setLevel(logging.INFO)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+    logger.setLevel(old_level)
+
+
 def _params_file(checkpoint: str) -> str:
     """The largest file under params/ (array data)."""
     files = [
@@ -75,8 +87,9 @@ def test_every_checkpoint_has_a_manifest_that_verifies(reference):
 
 
 def test_one_flipped_byte_is_named_and_the_previous_checkpoint_is_used(
-    trainer, reference, tmp_path, caplog
+    trainer, reference, tmp_path, flan_log
 ):
+    caplog = flan_log
     model_dir, full_params = reference
     import shutil
 
@@ -96,15 +109,13 @@ def test_one_flipped_byte_is_named_and_the_previous_checkpoint_is_used(
     warnings: list[str] = []
     assert latest_checkpoint(str(copy), warn=warnings.append) == (4, str(copy / "checkpoint_4"))
     assert len(warnings) == 1 and damaged in warnings[0] and "previous" in warnings[0]
-    with caplog.at_level(logging.WARNING):
-        _, _, metadata = load_params(str(copy))
+    _, _, metadata = load_params(str(copy))
     assert metadata["step"] == 4 and damaged in caplog.text
 
     # Training: warns, moves it aside, resumes from step 4 and ends at the planned step 6
     # with exactly the uninterrupted run's params.
     caplog.clear()
-    with caplog.at_level(logging.WARNING):
-        result = _train(trainer, copy, 6)
+    result = _train(trainer, copy, 6)
     assert (result.start_step, result.end_step) == (4, 6)
     assert damaged in caplog.text and os.path.isdir(damaged + ".damaged")
     _assert_bitwise_equal(jax.device_get(result.state.params), full_params)
@@ -190,7 +201,7 @@ def test_a_second_writer_gets_an_error_naming_the_holder(trainer, tmp_path):
     assert _train(trainer, tmp_path, 0).end_step == 0  # released
 
 
-def test_metrics_of_replayed_steps_are_logged_once(trainer, tmp_path):
+def test_metrics_of_replayed_steps_are_logged_once(trainer, tmp_path, flan_log):
     first = _train(trainer, tmp_path, 6, stop_after=3)  # logs steps 1-3, saves step 3
     assert first.end_step == 3
     metrics = tmp_path / "train" / "metrics.jsonl"
@@ -200,6 +211,8 @@ def test_metrics_of_replayed_steps_are_logged_once(trainer, tmp_path):
     _train(trainer, tmp_path, 6)
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+    # "committed" is logged once the checkpoint and its manifest are on disk.
+    assert f"checkpoint at step 6 committed: {tmp_path / 'checkpoint_6'}" in flan_log.text
     assert all(json.loads(line)["loss"] != 99.0 for line in metrics.read_text().splitlines())
 
 
