@@ -314,3 +314,14 @@ def test_real_trainer_killed_child_then_parent_then_rerun_ends_at_the_planned_st
         child_signal=signal.SIGTERM,
         timeout=900.0,
     )
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):
+    from flan_moe.cli import experiment as experiment_cli
+
+    argv = ["setting2", "--scale", "tiny", "--output_dir", str(tmp_path), "--dry_run"]
+    assert experiment_cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "[1/20] flan_t5_dense/instruction_tune: WOULD RUN (not done) - train to step 40" in text
+    assert "20 of 20 stage(s) would run (80 training steps" in text
+    assert not any(tmp_path.iterdir())  # nothing was run or written
