@@ -325,3 +325,14 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):
     assert "[1/20] flan_t5_dense/instruction_tune: WOULD RUN (not done) - train to step 40" in text
     assert "20 of 20 stage(s) would run (80 training steps" in text
     assert not any(tmp_path.iterdir())  # nothing was run or written
+
+
+def test_stale_runs_are_marked_in_the_report(tmp_path):
+    scale = settings.get_scale("tiny")
+    experiment = settings.get_experiment("setting2", scale)
+    root = runner.experiment_root(tmp_path, experiment, scale)
+    plans = runner.plan_experiment(experiment, scale, root)
+    paths = runner.build_report(experiment, scale, plans, root, stale_runs=["Flan-Switch"])
+    tables = "".join(p.read_text() for p in paths["report.md"].parent.glob("table_*.md"))
+    assert "Flan-Switch (stale)" in tables and "Flan-T5 (dense) (stale)" not in tables
+    assert "STALE (kept with --keep-stale" in paths["report.html"].read_text()
