@@ -4,15 +4,18 @@
   ``flan_cot``, ``flan_local``, ``flan2022_local``).
 - ``tasks.flan_collection``: the TFDS-backed FLAN collection (``flan.*``, ``flan2021_tfds``,
   ``t0_tfds``, ``flan2022``).
+- ``tasks.pretraining``: span-corruption pre-training (``c4_span_corruption``,
+  ``local_corpus_span_corruption``).
 - ``tasks.heldout``: MMLU / BBH / GSM8K / SVAMP evaluation tasks (never in a training mixture).
 
 Names are documented in WORKSPACE.md.
 """
 
-from tasks import flan_collection, heldout, local_flan
+from tasks import flan_collection, heldout, local_flan, pretraining
 
 local_flan.register()
 heldout.register()
 flan_collection.register()
+pretraining.register()
 
 TRAINING_MIXTURES: tuple[str, ...] = (*local_flan.LOCAL_MIXTURES, *flan_collection.TFDS_MIXTURES)
