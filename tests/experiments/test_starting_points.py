@@ -115,3 +115,37 @@ def test_base_scale_with_checkpoints_starts_each_role_from_its_own(tmp_path):
     with pytest.raises(SystemExit, match="does not exist"):
         cli.with_starting_points("setting2", experiment, scale, vocabulary=None,
                                  pretrained=[f"switch={tmp_path / 'nope'}"])  # fmt: skip
+
+
+def test_gin_macros_give_the_vocabulary_and_checkpoints(tmp_path):
+    vocab = tmp_path / "spiece.model"
+    vocab.write_bytes(b"")
+    (tmp_path / "t5").mkdir()
+    (tmp_path / "switch").mkdir()
+    gin_file = tmp_path / "paper_setting2.gin"
+    gin_file.write_text(
+        'EXPERIMENT = "setting2_instruction_tuning"\nSCALE = "paper"\nMODELS = {}\n'
+        f'VOCABULARY = "{vocab}"\nPRETRAINED_DENSE = "{tmp_path / "t5"}"\n'
+        f'PRETRAINED_SWITCH = "{tmp_path / "switch"}"\n'
+    )
+    experiment, scale = cli.resolve(str(gin_file), None)
+    experiment, scale = cli.with_starting_points(
+        str(gin_file), experiment, scale, vocabulary=None, pretrained=[]
+    )
+    assert scale.vocabulary == str(vocab)
+    assert dict(scale.pretrained) == {
+        "dense": str(tmp_path / "t5"),
+        "switch": str(tmp_path / "switch"),
+    }
+
+
+def test_a_sentencepiece_vocabulary_reaches_every_training_stage(sentencepiece_model):
+    import dataclasses
+
+    scale = dataclasses.replace(settings.get_scale("tiny"), vocabulary=str(sentencepiece_model))
+    experiment = settings.get_experiment("setting3", scale)
+    plans = runner.plan_experiment(experiment, scale, Path("/tmp/plan"))
+    trains = [s for p in plans for s in p.stages if "flan_moe.cli.train" in s.command]
+    assert len(trains) == 2 + 2 * 2  # pretrain per role, then instruction tune + finetune
+    for stage in trains:
+        assert _bindings(stage)["DataOptions.vocabulary"] == repr(str(sentencepiece_model))
