@@ -198,6 +198,21 @@ def plan_starting_points(
     return starts
 
 
+def starting_point_note(experiment: Experiment, scale: Scale) -> str:
+    """One report line saying where the runs started (and so what "before IT" means)."""
+    roles = experiment_roles(experiment)
+    if all(scale.pretrained.get(r) for r in roles):
+        given = ", ".join(f"{r}: {scale.pretrained[r]}" for r in roles)
+        return f"Started from pretrained checkpoints ({given}); vocabulary {scale.vocabulary}."
+    if scale.pretrain_steps > 0:
+        return (
+            f"Every model pre-trained from scratch first: {scale.pretrain_task}, "
+            f"{scale.pretrain_steps} steps x batch {scale.batch_size} (equal tokens for dense "
+            f"and MoE); vocabulary {scale.vocabulary}. 'Before IT' rows are these models."
+        )
+    return "Started from random initialisation (no pre-training at this scale)."
+
+
 @dataclasses.dataclass(frozen=True)
 class RunPlan:
     run: ModelRun
@@ -383,6 +398,7 @@ def build_report(
         f"finetuning {scale.finetune_steps} steps, batch {scale.batch_size}, lengths "
         f"{dict(scale.feature_lengths)}, eval subsample "
         f"{scale.eval_subsample or 'all'} per subtask.",
+        starting_point_note(experiment, scale),
     )
     return report.write_report(
         report.Report(experiment.title, tuple(tables), tuple(figs), tuple(runs), notes), out
