@@ -82,7 +82,9 @@ SCALES: dict[str, Scale] = {
         eval_max_input_length=1024,
         train_bindings={"OptimizerConfig.learning_rate": 3e-3, "TrainConfig.log_every": 10},
         pretrain_steps=30,
+        # pretrain.gin's 10000 warmup steps would leave a 30-step run at lr ~1e-5
         pretrain_bindings={"OptimizerConfig.schedule": "constant",
+                           "OptimizerConfig.warmup_steps": 0,
                            "OptimizerConfig.learning_rate": 3e-3, "TrainConfig.log_every": 10},
     ),
     "small": Scale(
