@@ -59,10 +59,22 @@ def _texts(name, split="train", shuffle=False):
     ]
 
 
-def test_one_task_per_source_and_template_type(exports):
+# every (source, template type) in the slow test; one per source and per type by default
+SOME = {("Flan2021", "zs_opt"), ("T0", "fs_noopt"), ("NIv2", "zs_noopt"), ("CoT", "fs_opt"),
+        ("Dialog", "zs_opt")}  # fmt: skip
+
+
+@pytest.mark.parametrize("every", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_one_task_per_source_and_template_type(exports, every):
+    import seqio
+
     fe, rows, _ = exports
     assert len(fe.SOURCES) * len(fe.TEMPLATE_TYPES) == 20
+    registered = [fe.task_name(s, t) for s in fe.SOURCES for t in fe.TEMPLATE_TYPES]
+    assert all(name in seqio.TaskRegistry.names() for name in registered)
     for (source, template), rs in rows.items():
+        if not every and (source, template) not in SOME:
+            continue
         ours = {"Flan2021": "flan2021", "T0": "t0", "NIv2": "niv2", "CoT": "cot"}.get(
             source, "dialog"
         )
