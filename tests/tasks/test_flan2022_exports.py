@@ -44,7 +44,13 @@ def exports(tmp_path, monkeypatch, data_dir):
     others = [r for (s, _), rs in rows.items() if s not in ("CoT", "Dialog") for r in rs]
     pq.write_table(pa.Table.from_pylist(others), tmp_path / "mixed.parquet", row_group_size=7)
     monkeypatch.setenv("FLAN2022_DIR", str(tmp_path))
-    return tasks.flan2022_exports, rows, tmp_path
+    # A 10000-example shuffle buffer would read these 6-row files ~1700 times per task.
+    import seqio
+
+    fe = tasks.flan2022_exports
+    for name in (fe.task_name(s, t) for s in fe.SOURCES for t in fe.TEMPLATE_TYPES):
+        monkeypatch.setattr(seqio.get_mixture_or_task(name), "_shuffle_buffer_size", 8)
+    return fe, rows, tmp_path
 
 
 def _texts(name, split="train", shuffle=False):
