@@ -421,8 +421,8 @@ def check_starting_points(experiment: Experiment, scale: Scale) -> None:
                 )
     if problems:
         raise ValueError(
-            f"{experiment.name} at scale {scale.name!r}: its starting points are "
-            "missing:\n  " + "\n  ".join(problems) + "\nSet them in the experiment's gin "
+            f"{experiment.name} at scale {scale.name!r} starts from pretrained checkpoints; "
+            "missing or wrong:\n  " + "\n  ".join(problems) + "\nSet them in the experiment's gin "
             "file, or pass --pretrained ROLE=PATH / --vocabulary PATH (a checkpoint is an "
             "orbax MODEL_DIR, a Hugging Face folder or a T5X checkpoint directory)."
         )
