@@ -45,6 +45,7 @@ def train(
     vocab_size: int = 8000,
     data_dir: str | None = None,
     max_records_per_dataset: int | None = None,
+    character_coverage: float = 1.0,
 ) -> str:
     """Trains the model and writes ``out_path`` (must end in ``.model``); returns the path."""
     import sentencepiece as spm
@@ -58,7 +59,7 @@ def train(
         model_writer=model,
         vocab_size=vocab_size,
         model_type="unigram",
-        character_coverage=1.0,
+        character_coverage=character_coverage,  # rarer characters: byte fallback
         pad_id=0,
         eos_id=1,
         unk_id=2,
@@ -76,8 +77,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output path ending in .model")
     parser.add_argument("--vocab-size", type=int, default=8000)
     parser.add_argument("--data-dir", default=None, help="default: $FLAN_MOE_DATA_DIR")
+    parser.add_argument(
+        "--character-coverage",
+        type=float,
+        default=1.0,
+        help="share of characters given their own piece (the rest use byte fallback); "
+        "lower it (e.g. 0.999) for vocabularies of a few hundred pieces",
+    )
+    parser.add_argument(
+        "--max-records-per-dataset", type=int, default=None, help="default: every record"
+    )
     args = parser.parse_args(argv)
-    print(train(args.out, vocab_size=args.vocab_size, data_dir=args.data_dir))
+    print(
+        train(
+            args.out,
+            vocab_size=args.vocab_size,
+            data_dir=args.data_dir,
+            max_records_per_dataset=args.max_records_per_dataset,
+            character_coverage=args.character_coverage,
+        )
+    )
 
 
 if __name__ == "__main__":

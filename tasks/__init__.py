@@ -4,15 +4,26 @@
   ``flan_cot``, ``flan_local``, ``flan2022_local``).
 - ``tasks.flan_collection``: the TFDS-backed FLAN collection (``flan.*``, ``flan2021_tfds``,
   ``t0_tfds``, ``flan2022``).
+- ``tasks.flan2022_exports``: the Flan 2022 collection from its public jsonl / parquet
+  exports (``flan2022.<source>_<template type>``, ``flan2022.<source>_submix``,
+  ``flan2022_exports``).
+- ``tasks.pretraining``: span-corruption pre-training (``c4_span_corruption``,
+  ``local_corpus_span_corruption``).
 - ``tasks.heldout``: MMLU / BBH / GSM8K / SVAMP evaluation tasks (never in a training mixture).
 
 Names are documented in WORKSPACE.md.
 """
 
-from tasks import flan_collection, heldout, local_flan
+from tasks import flan2022_exports, flan_collection, heldout, local_flan, pretraining
 
 local_flan.register()
 heldout.register()
 flan_collection.register()
+pretraining.register()
+flan2022_exports.register()
 
-TRAINING_MIXTURES: tuple[str, ...] = (*local_flan.LOCAL_MIXTURES, *flan_collection.TFDS_MIXTURES)
+TRAINING_MIXTURES: tuple[str, ...] = (
+    *local_flan.LOCAL_MIXTURES,
+    *flan_collection.TFDS_MIXTURES,
+    *flan2022_exports.EXPORT_MIXTURES,
+)

@@ -27,3 +27,21 @@ def data_dir() -> Path:
         pytest.skip(f"no data at {d}: set FLAN_MOE_DATA_DIR (e.g. ../shared/data)")
     os.environ["FLAN_MOE_DATA_DIR"] = str(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def sentencepiece_model(data_dir, tmp_path_factory) -> Path:
+    """A 400-piece SentencePiece model trained on the local training data, once per session.
+
+    Trained with ``scripts/train_sentencepiece.py`` (T5's pad 0 / eos 1 / unk 2; rare
+    characters by byte fallback): 400 pieces + 100 sentinel ids fit the tiny models' 512.
+    """
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_sentencepiece.py"
+    spec = importlib.util.spec_from_file_location("train_sentencepiece", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path_factory.mktemp("vocab") / "local_400.model"
+    module.train(str(out), vocab_size=400, max_records_per_dataset=100, character_coverage=0.999)
+    return out

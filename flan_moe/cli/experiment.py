@@ -13,6 +13,13 @@ stage is reported with its log and resumes on the next run. A stage whose config
 changed (e.g. another model in MODELS) re-runs with every stage that depends on it,
 unless ``--keep-stale`` (then its results are marked stale); ``--dry_run`` prints the
 plan without running anything.
+
+Starting points: at the tiny and small scales every model role is pre-trained first
+(span corruption on the local training text), so "before IT" rows are pre-trained models.
+At base and paper scale each role needs a pretrained checkpoint, the gin macro
+``PRETRAINED_<ROLE>`` (``PRETRAINED_DENSE``, ``PRETRAINED_SWITCH``, ``PRETRAINED_SWITCH_E8``
+...) or ``--pretrained ROLE=PATH``, and T5's SentencePiece model as ``VOCABULARY`` /
+``--vocabulary``; a missing one stops the run before any stage starts.
 """
 
 from __future__ import annotations
@@ -80,6 +87,56 @@ def resolve(target: str, scale_name: str | None) -> tuple[settings.Experiment, s
     return settings.get_experiment(target, scale), scale
 
 
+def _starting_points_from_gin(path: Path, roles: Sequence[str]) -> tuple[str | None, dict]:
+    """``VOCABULARY`` and ``PRETRAINED_<ROLE>`` macros of an experiment gin file."""
+    import gin  # only at the edge
+
+    gin.clear_config()
+    gin.parse_config_file(str(path))
+
+    def macro(name: str):
+        try:
+            return gin.query_parameter(f"%{name}")
+        except ValueError:
+            return None
+
+    found = {role: macro(settings.pretrained_macro(role)) for role in roles}
+    return macro("VOCABULARY"), {role: str(p) for role, p in found.items() if p}
+
+
+def with_starting_points(
+    target: str,
+    experiment: settings.Experiment,
+    scale: settings.Scale,
+    *,
+    vocabulary: str | None,
+    pretrained: Sequence[str],
+) -> tuple[settings.Experiment, settings.Scale]:
+    """The scale with the vocabulary and per-role checkpoints from gin and flags (flags win);
+    raises SystemExit naming what is missing (cheap: before any stage or data access)."""
+    roles = settings.experiment_roles(experiment)
+    gin_vocab, paths = None, {}
+    path = Path(target)
+    if not path.suffix and (EXPERIMENT_GIN_DIR / f"{target}.gin").exists():
+        path = EXPERIMENT_GIN_DIR / f"{target}.gin"
+    if path.suffix == ".gin":
+        gin_vocab, paths = _starting_points_from_gin(path, roles)
+    for item in pretrained:
+        role, sep, value = item.partition("=")
+        if not sep or role not in scale.models:
+            raise SystemExit(
+                f"--pretrained {item!r}: use ROLE=PATH with a role of {sorted(scale.models)}"
+            )
+        paths[role] = value
+    vocab = vocabulary or gin_vocab or scale.vocabulary
+    scale = dataclasses.replace(scale, vocabulary=vocab, pretrained={**scale.pretrained, **paths})
+    try:
+        settings.check_starting_points(experiment, scale)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    return settings.get_experiment(experiment.name, scale), scale
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", nargs="?", help="experiment name or gin file")
@@ -98,6 +155,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="keep finished stages whose config changed (marked stale in the report)",
     )
+    parser.add_argument(
+        "--pretrained",
+        action="append",
+        default=[],
+        metavar="ROLE=PATH",
+        help="a role's pretrained checkpoint (orbax MODEL_DIR, HF folder, T5X directory)",
+    )
+    parser.add_argument("--vocabulary", default=None, help="'byte' or a SentencePiece .model")
     args = parser.parse_args(argv)
     if args.list or not args.experiment:
         for name in settings.EXPERIMENTS:
@@ -105,6 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"scales: {', '.join(settings.SCALES)}")
         return 0
     experiment, scale = resolve(args.experiment, args.scale)
+    experiment, scale = with_starting_points(
+        args.experiment, experiment, scale, vocabulary=args.vocabulary, pretrained=args.pretrained
+    )
     force = [s for s in args.force.split(",") if s]
     if args.dry_run:
         print(runner.dry_run(experiment, scale, args.output_dir, force=force,

@@ -97,9 +97,21 @@ def resolve_name(mixture_or_task_name: str, vocabulary: str = BYTE_SPEC) -> str:
     registered = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
     if new_name not in registered:
         seqio.helpers.mixture_or_task_with_new_vocab(
-            mixture_or_task_name, new_name, new_vocab=seqio_vocabulary(vocabulary)
+            mixture_or_task_name,
+            new_name,
+            new_vocab=seqio_vocabulary(vocabulary, _extra_ids(mixture_or_task_name)),
         )
     return new_name
+
+
+def _extra_ids(mixture_or_task_name: str) -> int:
+    """Extra (sentinel) ids of a task's vocabulary, kept when re-vocabbing (span corruption)."""
+    provider = seqio.get_mixture_or_task(mixture_or_task_name)
+    tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+    counts = {getattr(t.output_features["targets"].vocabulary, "extra_ids", 0) for t in tasks}
+    if len(counts) > 1:
+        raise ValueError(f"{mixture_or_task_name!r} mixes vocabularies with extra ids {counts}")
+    return counts.pop()
 
 
 def _count_and_trim(

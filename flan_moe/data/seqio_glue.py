@@ -28,19 +28,23 @@ TEXT_SIGNATURE = {
 
 
 @functools.lru_cache(maxsize=8)
-def seqio_vocabulary(spec: str = BYTE_SPEC) -> seqio.Vocabulary:
-    """The SeqIO vocabulary for a spec string (ids equal ``flan_moe.data.vocabularies``)."""
+def seqio_vocabulary(spec: str = BYTE_SPEC, extra_ids: int = 0) -> seqio.Vocabulary:
+    """The SeqIO vocabulary for a spec string (ids equal ``flan_moe.data.vocabularies``).
+
+    ``extra_ids`` appends ids above the vocabulary (T5's sentinels ``<extra_id_0>`` =
+    the top id, used by span corruption); the ids below are unchanged.
+    """
     if spec == BYTE_SPEC:
-        return seqio.ByteVocabulary()
+        return seqio.ByteVocabulary(extra_ids=extra_ids)
     if spec.endswith(".model"):
-        return seqio.SentencePieceVocabulary(spec)
+        return seqio.SentencePieceVocabulary(spec, extra_ids=extra_ids)
     raise ValueError(
         f"Unknown vocabulary spec {spec!r}: use 'byte' or a path to a SentencePiece '.model' file."
     )
 
 
-def output_features(spec: str = BYTE_SPEC) -> dict[str, seqio.Feature]:
-    vocab = seqio_vocabulary(spec)
+def output_features(spec: str = BYTE_SPEC, extra_ids: int = 0) -> dict[str, seqio.Feature]:
+    vocab = seqio_vocabulary(spec, extra_ids)
     return {
         "inputs": seqio.Feature(vocabulary=vocab, add_eos=True),
         "targets": seqio.Feature(vocabulary=vocab, add_eos=True),

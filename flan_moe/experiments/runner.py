@@ -3,6 +3,8 @@
 Layout of an experiment directory::
 
     <root>/<experiment name>/<scale>/
+        pretrain/<role>/               span-corruption pre-training (tiny / small scales), shared
+                                       by every run of that role; its model/ is "before IT"
         <run slug>/instruction_tune/   stage folder (stage.log, DONE.json) + model/ (MODEL_DIR)
         <run slug>/finetune/           ... + model/ (initialised from instruction_tune/model)
         <run slug>/eval_<mode>_<k>shot/   stage folder; results.json is written by the
@@ -35,6 +37,8 @@ from flan_moe.experiments.settings import (
     Experiment,
     ModelRun,
     Scale,
+    check_starting_points,
+    experiment_roles,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -138,6 +142,8 @@ def _train_command(
     }
     if initial_checkpoint is not None:
         bindings["INITIAL_CHECKPOINT_PATH"] = str(initial_checkpoint)
+    if scale.vocabulary is not None:
+        bindings["DataOptions.vocabulary"] = scale.vocabulary
     bindings.update(scale.train_bindings)
     bindings.update(dict(run.bindings))
     return (
@@ -180,6 +186,67 @@ def shot_counts(experiment: Experiment, scale: Scale) -> tuple[int, ...]:
 
 
 @dataclasses.dataclass(frozen=True)
+class StartingPoint:
+    """Where a role's training starts: a checkpoint (None = random init) and the stages
+    that produce it (a pre-training stage; none for an external checkpoint)."""
+
+    checkpoint: Path | str | None = None
+    stages: tuple[pipeline.Stage, ...] = ()
+    depends_on: tuple[str, ...] = ()
+
+
+def plan_pretrain(
+    scale: Scale, role: str, root: Path, *, in_process: bool = False
+) -> StartingPoint:
+    """Span-corruption pre-training of one role from scratch (``scale.pretrain_steps``).
+
+    Every role gets the same steps, batch and lengths, so dense and MoE models see equal
+    pre-training tokens. Run bindings (freezing, loss ablations ...) are not applied: they
+    belong to instruction tuning, and every run of a role starts from this one model.
+    """
+    stage = f"pretrain/{role}"
+    model_dir = pipeline.stage_dir(root, stage) / "model"
+    run = ModelRun(f"pretrained {role}", role, bindings=tuple(scale.pretrain_bindings.items()))
+    command = _train_command(
+        scale, run, model_dir=model_dir, task=scale.pretrain_task, steps=scale.pretrain_steps,
+        initial_checkpoint=None, run_gin="pretrain.gin",
+    )  # fmt: skip
+    return StartingPoint(model_dir, (_stage(stage, command, (), in_process),), (stage,))
+
+
+def plan_starting_points(
+    experiment: Experiment, scale: Scale, root: Path, *, in_process: bool = False
+) -> dict[str, StartingPoint]:
+    """Each role's starting point: pre-training (tiny / small), a given checkpoint (base /
+    paper; ``check_starting_points`` first), or random weights when neither is set."""
+    check_starting_points(experiment, scale)
+    starts = {}
+    for role in experiment_roles(experiment):
+        if scale.pretrained.get(role):
+            starts[role] = StartingPoint(scale.pretrained[role])
+        elif scale.pretrain_steps > 0:
+            starts[role] = plan_pretrain(scale, role, root, in_process=in_process)
+        else:
+            starts[role] = StartingPoint()
+    return starts
+
+
+def starting_point_note(experiment: Experiment, scale: Scale) -> str:
+    """One report line saying where the runs started (and so what "before IT" means)."""
+    roles = experiment_roles(experiment)
+    if all(scale.pretrained.get(r) for r in roles):
+        given = ", ".join(f"{r}: {scale.pretrained[r]}" for r in roles)
+        return f"Started from pretrained checkpoints ({given}); vocabulary {scale.vocabulary}."
+    if scale.pretrain_steps > 0:
+        return (
+            f"Every model pre-trained from scratch first: {scale.pretrain_task}, "
+            f"{scale.pretrain_steps} steps x batch {scale.batch_size} (equal tokens for dense "
+            f"and MoE); vocabulary {scale.vocabulary}. 'Before IT' rows are these models."
+        )
+    return "Started from random initialisation (no pre-training at this scale)."
+
+
+@dataclasses.dataclass(frozen=True)
 class RunPlan:
     run: ModelRun
     stages: tuple[pipeline.Stage, ...]
@@ -207,10 +274,18 @@ def _eval_stages(
 
 
 def plan_run(
-    experiment: Experiment, scale: Scale, run: ModelRun, root: Path, *, in_process: bool = False
+    experiment: Experiment,
+    scale: Scale,
+    run: ModelRun,
+    root: Path,
+    *,
+    in_process: bool = False,
+    start: StartingPoint | None = None,
 ) -> RunPlan:
+    """Stages of one run: (instruction-tune) -> (finetune) -> evaluate, from ``start``."""
     name = slug(run.label)
-    stages: list[pipeline.Stage] = []
+    start = start or StartingPoint()
+    stages: list[pipeline.Stage] = list(start.stages)
     model_dir: Path | None = None
     if experiment.instruction_tune:
         stage = f"{name}/instruction_tune"
@@ -218,29 +293,38 @@ def plan_run(
         steps = max(1, round(scale.instruction_tune_steps * run.step_fraction))
         stages.append(_stage(stage, _train_command(
             scale, run, model_dir=model_dir, task=INSTRUCTION_MIXTURE, steps=steps,
-            initial_checkpoint=None, run_gin="instruction_tune.gin",
-        ), (), in_process))  # fmt: skip
+            initial_checkpoint=start.checkpoint, run_gin="instruction_tune.gin",
+        ), start.depends_on, in_process))  # fmt: skip
     if experiment.finetune:
         stage = f"{name}/finetune"
-        init = model_dir
+        init = model_dir if model_dir is not None else start.checkpoint
         model_dir = pipeline.stage_dir(root, stage) / "model"
         stages.append(_stage(stage, _train_command(
             scale, run, model_dir=model_dir, task=FINETUNE_TASK, steps=scale.finetune_steps,
             initial_checkpoint=init, run_gin="finetune.gin",
-        ), tuple(s.name for s in stages), in_process))  # fmt: skip
+        ), (*start.depends_on, *(s.name for s in stages[len(start.stages):])),
+            in_process))  # fmt: skip
     assert model_dir is not None, "an experiment trains at least once"
-    trained = tuple(s.name for s in stages)
+    trained = tuple(s.name for s in stages[len(start.stages) :])
     stages += _eval_stages(experiment, scale, name, model_dir, trained, in_process)
     return RunPlan(run, tuple(stages), model_dir)
 
 
 def plan_untuned(
-    experiment: Experiment, scale: Scale, run: ModelRun, root: Path, *, in_process: bool = False
+    experiment: Experiment,
+    scale: Scale,
+    run: ModelRun,
+    root: Path,
+    *,
+    in_process: bool = False,
+    start: StartingPoint | None = None,
 ) -> RunPlan:
-    """The same model before instruction tuning: its initial weights, evaluated alike.
+    """The same model before instruction tuning: its starting weights, evaluated alike.
 
-    (From scratch at the tiny scale, so "before" is a random initialisation there; at
-    larger scales pass INITIAL_CHECKPOINT_PATH in the run's bindings.)
+    With a pre-training stage in ``start`` (tiny / small) that is the pre-trained model,
+    evaluated in place; with an external checkpoint (base / paper) it is that checkpoint,
+    imported into a MODEL_DIR by a 0-step training stage; with no start, a random
+    initialisation.
     """
     untuned = dataclasses.replace(
         run,
@@ -248,11 +332,17 @@ def plan_untuned(
         attributes={**run.attributes, "untuned_of": run.label, "instruction_tuned": False},
     )
     name = slug(untuned.label)
+    start = start or StartingPoint()
+    if start.stages:  # the pipeline's own pre-trained model
+        assert isinstance(start.checkpoint, Path)
+        evals = _eval_stages(experiment, scale, name, start.checkpoint, start.depends_on,
+                             in_process)  # fmt: skip
+        return RunPlan(untuned, tuple(evals), start.checkpoint)
     stage = f"{name}/initial_model"
     model_dir = pipeline.stage_dir(root, stage) / "model"
     init = _stage(stage, _train_command(
         scale, untuned, model_dir=model_dir, task="synthetic", steps=0,
-        initial_checkpoint=None, run_gin="instruction_tune.gin",
+        initial_checkpoint=start.checkpoint, run_gin="instruction_tune.gin",
     ), (), in_process)  # fmt: skip
     evals = _eval_stages(experiment, scale, name, model_dir, (stage,), in_process)
     return RunPlan(untuned, (init, *evals), model_dir)
@@ -261,10 +351,29 @@ def plan_untuned(
 def plan_experiment(
     experiment: Experiment, scale: Scale, root: Path, *, in_process: bool = False
 ) -> list[RunPlan]:
-    plans = [plan_run(experiment, scale, r, root, in_process=in_process) for r in experiment.runs]
+    """Every run's stages; each role's pre-training stage comes with its first run.
+
+    Raises ``ValueError`` (before anything runs) when a pretrained checkpoint or the
+    vocabulary the scale requires is missing.
+    """
+    starts = plan_starting_points(experiment, scale, root, in_process=in_process)
+    planned: set[str] = set()
+
+    def first_use(role: str) -> StartingPoint:
+        start = starts[role]
+        if role in planned:
+            return dataclasses.replace(start, stages=())
+        planned.add(role)
+        return start
+
+    plans = [
+        plan_run(experiment, scale, r, root, in_process=in_process, start=first_use(r.role))
+        for r in experiment.runs
+    ]
     if "instruction_tuning_gain" in experiment.figures:
         plans += [
-            plan_untuned(experiment, scale, r, root, in_process=in_process) for r in experiment.runs
+            plan_untuned(experiment, scale, r, root, in_process=in_process, start=starts[r.role])
+            for r in experiment.runs
         ]
     return plans
 
@@ -329,6 +438,7 @@ def build_report(
         f"finetuning {scale.finetune_steps} steps, batch {scale.batch_size}, lengths "
         f"{dict(scale.feature_lengths)}, eval subsample "
         f"{scale.eval_subsample or 'all'} per subtask.",
+        starting_point_note(experiment, scale),
     )
     if stale_runs:
         notes += (

@@ -22,6 +22,7 @@ every scale.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -43,6 +44,18 @@ class Scale:
     # Extra gin bindings for every training stage at this scale (e.g. a larger learning
     # rate so that tiny models learn something in a few dozen steps).
     train_bindings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # Span-corruption pre-training from scratch, per model role (tiny / small): steps,
+    # task; 0 steps = no pre-training stage (base / paper start from `pretrained`).
+    pretrain_steps: int = 0
+    pretrain_task: str = "local_corpus_span_corruption"
+    # The run's vocabulary spec ("byte" or a SentencePiece .model path); None = required
+    # (base / paper: T5's SentencePiece model, see T5_VOCABULARY_SOURCE).
+    vocabulary: str | None = "byte"
+    # role -> pretrained checkpoint (orbax / HF folder / T5X directory); required for
+    # every role an experiment uses when `requires_pretrained`.
+    pretrained: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    requires_pretrained: bool = False
+    pretrain_bindings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _roles(dense: str, switch: str, gs: str, ec: str, st: str, experts: Mapping[int, str]):
@@ -68,6 +81,11 @@ SCALES: dict[str, Scale] = {
         eval_batch_size=16,
         eval_max_input_length=1024,
         train_bindings={"OptimizerConfig.learning_rate": 3e-3, "TrainConfig.log_every": 10},
+        pretrain_steps=30,
+        # pretrain.gin's 10000 warmup steps would leave a 30-step run at lr ~1e-5
+        pretrain_bindings={"OptimizerConfig.schedule": "constant",
+                           "OptimizerConfig.warmup_steps": 0,
+                           "OptimizerConfig.learning_rate": 3e-3, "TrainConfig.log_every": 10},
     ),
     "small": Scale(
         name="small",
@@ -84,6 +102,7 @@ SCALES: dict[str, Scale] = {
         max_decode_length=128,
         eval_batch_size=32,
         eval_max_input_length=1024,
+        pretrain_steps=5000,
     ),
     "base": Scale(
         name="base",
@@ -101,6 +120,8 @@ SCALES: dict[str, Scale] = {
         max_decode_length=256,
         eval_batch_size=64,
         eval_max_input_length=2048,
+        vocabulary=None,
+        requires_pretrained=True,
     ),
     "paper": Scale(
         name="paper",
@@ -118,6 +139,8 @@ SCALES: dict[str, Scale] = {
         max_decode_length=512,
         eval_batch_size=64,
         eval_max_input_length=2048,
+        vocabulary=None,
+        requires_pretrained=True,
     ),
 }  # fmt: skip
 
@@ -328,3 +351,78 @@ def get_scale(name: str) -> Scale:
     if name not in SCALES:
         raise KeyError(f"unknown scale {name!r}; known: {sorted(SCALES)}")
     return SCALES[name]
+
+
+# --- Starting points: pre-training, pretrained checkpoints, vocabulary -------------------
+
+T5_VOCABULARY_SOURCE = (
+    "T5's SentencePiece model: gs://t5-data/vocabs/cc_all.32000/sentencepiece.model "
+    "(gsutil cp), or spiece.model from the Hugging Face repo google/t5-v1_1-base"
+)
+_T5X = "gs://t5-data/pretrained_models/t5x"
+# Where to get a pretrained checkpoint for each base-size model file (Hugging Face repo or
+# the t5x checkpoint directory listed in t5x's docs/models.md).
+PRETRAINED_SOURCES: dict[str, str] = {
+    "switch_base_dense": f"Hugging Face google-t5/t5-base, or {_T5X}/t5_base/checkpoint_999900",
+    "t5_1_1_base": f"Hugging Face google/t5-v1_1-base, or {_T5X}/t5_1_1_base/checkpoint_1000000",
+    **{
+        f"switch_base_{n}": f"Hugging Face google/switch-base-{n}, or "
+        f"{_T5X}/moe/switch_classic/base/e{n}/checkpoint_{step}"
+        for n, step in ((8, 500100), (16, 550000), (32, 550000), (64, 550000), (128, 550000),
+                        (256, 550000))
+    },
+    "switch_large_128": f"Hugging Face google/switch-large-128, or "
+    f"{_T5X}/moe/switch_classic/large/e128/checkpoint_483100",
+}  # fmt: skip
+_NO_PUBLIC = (
+    "no public checkpoint: pre-train one (python -m flan_moe.cli.train --gin_file="
+    "gin_configs/models/{model}.gin --gin_file=gin_configs/runs/pretrain.gin "
+    "--gin.MIXTURE_OR_TASK_NAME='c4_span_corruption' ...) or build one from a dense model "
+    "(upcycling)"
+)
+
+
+def pretrained_macro(role: str) -> str:
+    """The gin macro naming a role's pretrained checkpoint, e.g. ``PRETRAINED_SWITCH_E8``."""
+    return f"PRETRAINED_{role.upper()}"
+
+
+def experiment_roles(experiment: Experiment) -> tuple[str, ...]:
+    """The model roles an experiment trains, in first-use order."""
+    return tuple(dict.fromkeys(r.role for r in experiment.runs))
+
+
+def check_starting_points(experiment: Experiment, scale: Scale) -> None:
+    """Raises ``ValueError`` naming every missing pretrained checkpoint / the vocabulary.
+
+    Scales that pre-train (``pretrain_steps`` > 0) need nothing; base and paper need a
+    checkpoint per role (``PRETRAINED_<ROLE>``) and T5's vocabulary (``VOCABULARY``).
+    Cheap: runs before any stage starts.
+    """
+    problems = []
+    if scale.vocabulary is None:
+        problems.append(f"VOCABULARY (the run's vocabulary; get {T5_VOCABULARY_SOURCE})")
+    elif scale.vocabulary != "byte" and not os.path.isfile(scale.vocabulary):
+        problems.append(f"VOCABULARY file {scale.vocabulary!r} does not exist")
+    for role in experiment_roles(experiment):
+        path = scale.pretrained.get(role)
+        if path and "://" not in path and not os.path.exists(path):
+            problems.append(
+                f"{pretrained_macro(role)} = {path!r} does not exist (a Hugging Face repo: "
+                "download it first, e.g. `huggingface-cli download <repo> --local-dir DIR`)"
+            )
+    if scale.requires_pretrained:
+        for role in experiment_roles(experiment):
+            if not scale.pretrained.get(role):
+                model = scale.models[role]
+                where = PRETRAINED_SOURCES.get(model, _NO_PUBLIC.format(model=model))
+                problems.append(
+                    f"{pretrained_macro(role)} (role {role!r}, model {model}): get {where}"
+                )
+    if problems:
+        raise ValueError(
+            f"{experiment.name} at scale {scale.name!r} starts from pretrained checkpoints; "
+            "missing or wrong:\n  " + "\n  ".join(problems) + "\nSet them in the experiment's gin "
+            "file, or pass --pretrained ROLE=PATH / --vocabulary PATH (a checkpoint is an "
+            "orbax MODEL_DIR, a Hugging Face folder or a T5X checkpoint directory)."
+        )

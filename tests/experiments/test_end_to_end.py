@@ -1,8 +1,11 @@
-"""The tiny setting-2 pipeline, 2 training steps per stage, end to end (in process)."""
+"""The tiny setting-2 pipeline, 2 training steps per stage, end to end (in process):
+pre-train (span corruption on the local training text) -> instruction-tune -> evaluate,
+and the pre-trained models evaluated as the "before IT" rows."""
 
 import dataclasses
 import io
 import json
+import re
 
 import pytest
 
@@ -18,6 +21,7 @@ def finished(tmp_path_factory):
         settings.get_scale("tiny"),
         name="test",
         instruction_tune_steps=2,
+        pretrain_steps=2,
         feature_lengths={"inputs": 64, "targets": 16},
         eval_subsample=1,
         eval_max_input_length=128,
@@ -84,3 +88,29 @@ def test_rerun_skips_finished_stages(finished):
         experiment, scale, base, in_process=True, verbose=False, out=io.StringIO()
     )
     assert [o.status for o in again] == ["skipped"] * len(outcomes)
+
+
+def test_pretrained_models_start_instruction_tuning_and_are_the_before_rows(finished):
+    experiment, scale, base, outcomes, paths, log = finished
+    root = runner.experiment_root(base, experiment, scale)
+    names = [o.name for o in outcomes]
+    assert names[0] == "pretrain/dense" and "pretrain/switch" in names
+    plans = runner.plan_experiment(experiment, scale, root)
+    pretrained = {role: root / "pretrain" / role / "model" for role in ("dense", "switch")}
+    for plan in plans[:2]:  # instruction-tuned runs start from their role's pre-trained model
+        (tune,) = [s for s in plan.stages if s.name.endswith("/instruction_tune")]
+        config = (root / tune.name / "model" / "config.gin").read_text()
+        flat = " ".join(config.replace("\\\n", " ").split())  # gin may wrap long values
+        path = re.escape(str(pretrained[plan.run.role]))
+        assert re.search(rf"INITIAL_CHECKPOINT_PATH = ['\"]{path}['\"]", flat), config
+        assert "pretrain" in tune.depends_on[0]
+    for plan in plans[2:]:  # "before IT" = the pre-trained model itself
+        assert plan.run.label.endswith("(before IT)")
+        assert plan.final_model_dir == pretrained[plan.run.role]
+    pretrain_config = (pretrained["switch"] / "config.gin").read_text()
+    assert "local_corpus_span_corruption" in pretrain_config
+    # equal pre-training tokens: same steps, batch and lengths for both roles
+    dense_config = (pretrained["dense"] / "config.gin").read_text()
+    for line in pretrain_config.splitlines():
+        if line.startswith(("BATCH_SIZE", "TRAIN_STEPS", "TASK_FEATURE_LENGTHS")):
+            assert line in dense_config

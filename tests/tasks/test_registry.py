@@ -94,7 +94,7 @@ def test_mixing_rates_match_the_requested_proportions(registry):
 def test_heldout_data_is_in_no_training_mixture(registry):
     seqio, tasks, _ = registry
     heldout = set(tasks.heldout.heldout_task_names())
-    training_prefixes = ("flan_mini.", "flan_cot.", "flan.")
+    training_prefixes = ("flan_mini.", "flan_cot.", "flan.", "flan2022.")
     for mixture in tasks.TRAINING_MIXTURES:
         leaves = {t.name for t in seqio.get_mixture_or_task(mixture).tasks}
         assert leaves and not leaves & heldout, mixture
