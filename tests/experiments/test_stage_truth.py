@@ -322,8 +322,9 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):
     argv = ["setting2", "--scale", "tiny", "--output_dir", str(tmp_path), "--dry_run"]
     assert experiment_cli.main(argv) == 0
     text = capsys.readouterr().out
-    assert "[1/20] flan_t5_dense/instruction_tune: WOULD RUN (not done) - train to step 40" in text
-    assert "20 of 20 stage(s) would run (80 training steps" in text
+    assert "[1/20] pretrain/dense: WOULD RUN (not done) - train to step 30" in text
+    assert "[2/20] flan_t5_dense/instruction_tune: WOULD RUN (not done) - train to step 40" in text
+    assert "20 of 20 stage(s) would run (140 training steps" in text
     assert not any(tmp_path.iterdir())  # nothing was run or written
 
 
