@@ -74,6 +74,8 @@ def config_from_hf_t5(hf_config: Any, **overrides: Any) -> ModelConfig:
             hf_config_value(hf_config, "relative_attention_max_distance", 128)
         ),
         layer_norm_epsilon=float(hf_config_value(hf_config, "layer_norm_epsilon", 1e-6)),
+        mask_padded_queries=False,  # HF: padded encoder positions attend to the real tokens
+        dtype="float32",
     )
     values.update(overrides)
     return ModelConfig(**values)

@@ -145,8 +145,10 @@ class Encoder(nn.Module):
         x = self.embedder(tokens)
         x = constrain(x, ("batch", "length", "embed"))
         x = _dropout(x, cfg.dropout_rate, enable_dropout)
+        # Hugging Face lets padded queries attend to the real keys (mask_padded_queries=False).
+        query_valid = valid if cfg.mask_padded_queries else jnp.ones_like(valid)
         mask = attention_mask(
-            valid, valid, query_segment_ids=segment_ids, key_segment_ids=segment_ids
+            query_valid, valid, query_segment_ids=segment_ids, key_segment_ids=segment_ids
         )
         # Relative positions from row indices: inside a packed segment the offsets
         # equal the per-segment offsets, and the mask hides other segments.
