@@ -2,7 +2,10 @@
 
 ``train(...)`` is the library entry point the CLI wraps with gin. Order of resume:
 the latest complete checkpoint in ``model_dir``; else ``initial_checkpoint_path``
-(params only: a new run at step 0 with a fresh optimizer); else from scratch.
+(params only: a new run at step 0 with a fresh optimizer and data position 0, from our
+orbax checkpoints, a Hugging Face folder or a T5X checkpoint: ``flan_moe.interop.start``;
+recorded in MODEL_DIR/initial_checkpoint.json and the checkpoints' metadata, and refused
+when its recorded vocabulary is not the run's); else from scratch.
 
 Resume is exact: the step, params, optimizer state and RNG come from the
 checkpoint, and the data iterator restarts at the stored ``data_position`` (the
@@ -32,9 +35,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from flan_moe.interop.start import load_initial_params, vocabulary_fingerprint, write_start_record
 from flan_moe.model.config import ModelConfig
 from flan_moe.models import LossConfig
-from flan_moe.training.checkpoints import Checkpointer, restore_params
+from flan_moe.training.checkpoints import Checkpointer
 from flan_moe.training.optimizers import OptimizerConfig
 from flan_moe.training.summaries import MetricAverager, Progress, SummaryWriter, flatten_metrics
 from flan_moe.training.train_state import TrainState
@@ -164,6 +168,10 @@ def train(
         "optimizer_config": asdict(optimizer_config),
         "batch_size": cfg.batch_size,
     }
+    if "vocabulary" in metadata:  # the vocabulary travels with every checkpoint
+        metadata.setdefault(
+            "vocabulary_fingerprint", vocabulary_fingerprint(metadata["vocabulary"])
+        )
     checkpointer = Checkpointer(model_dir, keep=cfg.keep_checkpoints)
     latest = checkpointer.latest_step()
     if latest is not None:
@@ -172,10 +180,20 @@ def train(
         last_checkpoint: str | None = checkpointer.path(latest)
         log.info("resuming from %s (data position %d)", last_checkpoint, data_position)
     elif initial_checkpoint_path:
-        params, _ = restore_params(initial_checkpoint_path, trainer.abstract_state.params)
+        # Any format (orbax / Hugging Face / T5X); params only: step 0, fresh optimizer.
+        params, start_point = load_initial_params(
+            initial_checkpoint_path,
+            model_config,
+            trainer.abstract_state.params,
+            run_vocabulary=metadata.get("vocabulary"),
+        )
+        metadata["initial_checkpoint"] = start_point.to_dict()
+        write_start_record(model_dir, start_point)
         state = trainer.init_from_params(params, cfg.seed)
         data_position, last_checkpoint = 0, None
-        log.info("starting from initial checkpoint %s", initial_checkpoint_path)
+        log.info(
+            "starting from initial checkpoint %s (%s)", initial_checkpoint_path, start_point.format
+        )
     else:
         state = trainer.init(cfg.seed)
         data_position, last_checkpoint = 0, None
