@@ -114,6 +114,7 @@ def _train_two_steps(folder, model_dir, config):
     )
 
 
+@pytest.mark.slow  # compiles a train step per model (~1 min on 2 busy cores)
 @pytest.mark.parametrize("which", ["t5_v11_folder", "switch_folder"])
 def test_hf_folder_trains_two_steps_and_exports_with_equal_logits(which, request, tmp_path):
     folder = request.getfixturevalue(which)
@@ -144,6 +145,7 @@ def test_hf_folder_trains_two_steps_and_exports_with_equal_logits(which, request
     )
 
 
+@pytest.mark.slow
 def test_vocabulary_mismatch_names_both(t5_v11_folder, tmp_path):
     params, config, _ = read_start(t5_v11_folder)
     first = _train_two_steps(t5_v11_folder, tmp_path / "a", config)
@@ -162,3 +164,27 @@ def test_vocabulary_mismatch_names_both(t5_v11_folder, tmp_path):
             initial_checkpoint_path=str(tmp_path / "a"),
             run_metadata={"vocabulary": str(other)},
         )
+
+
+@pytest.mark.slow
+def test_convert_cli_hf_to_orbax_to_hf(switch_folder, tmp_path):
+    from flan_moe.cli import convert
+
+    with pytest.raises(SystemExit, match="records no vocabulary"):
+        convert.main(["--source", switch_folder, "--output", str(tmp_path / "x")])
+    out = convert.main(
+        ["--source", switch_folder, "--output", str(tmp_path / "orbax"), "--vocabulary", "byte"]
+    )
+    assert os.path.basename(out) == "checkpoint_0"
+    params, config, metadata = load_params(str(tmp_path / "orbax"))
+    assert metadata["vocabulary"] == "byte" and metadata["initial_checkpoint"]["format"] == "hf"
+    expected, _, _ = read_start(switch_folder)
+    np.testing.assert_allclose(
+        _our_logits(params, config), _our_logits(expected, config), atol=1e-6
+    )
+    hf_dir = convert.main(
+        ["--source", str(tmp_path / "orbax"), "--output", str(tmp_path / "hf"), "--to", "hf"]
+    )
+    np.testing.assert_allclose(
+        _our_logits(params, config), _hf_logits(hf_dir), rtol=1e-4, atol=1e-4
+    )
