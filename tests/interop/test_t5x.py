@@ -132,3 +132,22 @@ def test_unknown_t5x_param_is_an_error():
 
     with pytest.raises(ValueError, match="does not know"):
         hf_state_dict_from_t5x({"encoder/layers_0/adapter/kernel": np.zeros((2, 2))}, moe=False)
+
+
+def test_vocabulary_check_names_both(tmp_path):
+    from flan_moe.interop.start import (
+        StartPoint,
+        VocabularyMismatchError,
+        check_vocabulary,
+        vocabulary_fingerprint,
+    )
+
+    model = tmp_path / "a.model"
+    model.write_bytes(b"sentencepiece bytes")
+    copy = tmp_path / "copy.model"
+    copy.write_bytes(b"sentencepiece bytes")
+    start = StartPoint("/ckpt", "orbax", str(model), vocabulary_fingerprint(str(model)))
+    check_vocabulary(start, str(copy))  # the same file elsewhere is the same vocabulary
+    with pytest.raises(VocabularyMismatchError, match=r"a\.model.*'byte'"):
+        check_vocabulary(start, "byte")
+    check_vocabulary(StartPoint("/hf", "hf", "unrecorded", "unrecorded"), "byte")  # logged
