@@ -151,3 +151,72 @@ def test_vocabulary_check_names_both(tmp_path):
     with pytest.raises(VocabularyMismatchError, match=r"a\.model.*'byte'"):
         check_vocabulary(start, "byte")
     check_vocabulary(StartPoint("/hf", "hf", "unrecorded", "unrecorded"), "byte")  # logged
+
+
+@pytest.mark.slow
+def test_t5x_switch_checkpoint_matches_transformers(tmp_path):
+    """MoE names (convert_switch_transformers_original_flax_checkpoint_to_pytorch):
+    ``mlp/router/router_weights/w/kernel`` and stacked ``mlp/expert/{wi,wo}/kernel``."""
+    from flan_moe.interop.hf_switch import config_from_hf_switch
+
+    hf_config = transformers.SwitchTransformersConfig(
+        vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_heads=4, num_layers=2,
+        num_sparse_encoder_layers=1, num_decoder_layers=2, num_sparse_decoder_layers=1,
+        num_experts=4, expert_capacity=16, router_jitter_noise=0.0, dropout_rate=0.0,
+    )  # fmt: skip
+    torch.manual_seed(4)
+    hf = transformers.SwitchTransformersForConditionalGeneration(hf_config).eval()
+    sd = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
+    flat = {"token_embedder/embedding": sd["shared.weight"]}
+    for stack, ff, subs in (
+        ("encoder", 1, [("0.SelfAttention", "attention", "pre_attention_layer_norm")]),
+        (
+            "decoder",
+            2,
+            [
+                ("0.SelfAttention", "self_attention", "pre_self_attention_layer_norm"),
+                (
+                    "1.EncDecAttention",
+                    "encoder_decoder_attention",
+                    "pre_cross_attention_layer_norm",
+                ),
+            ],
+        ),
+    ):
+        for i in range(2):
+            h, t = f"{stack}.block.{i}.layer", f"{stack}/layers_{i}"
+            for index, (hf_sub, t_sub, norm) in enumerate(subs):
+                flat[f"{t}/{norm}/scale"] = sd[f"{h}.{index}.layer_norm.weight"]
+                for a, b in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "out")):
+                    flat[f"{t}/{t_sub}/{b}/kernel"] = sd[f"{h}.{hf_sub}.{a}.weight"].T
+            flat[f"{t}/pre_mlp_layer_norm/scale"] = sd[f"{h}.{ff}.layer_norm.weight"]
+            mlp = f"{h}.{ff}.mlp"
+            if f"{mlp}.router.classifier.weight" in sd:
+                flat[f"{t}/mlp/router/router_weights/w/kernel"] = sd[
+                    f"{mlp}.router.classifier.weight"
+                ].T
+                for w in ("wi", "wo"):
+                    flat[f"{t}/mlp/expert/{w}/kernel"] = np.stack(
+                        [sd[f"{mlp}.experts.expert_{j}.{w}.weight"].T for j in range(4)]
+                    )
+            else:
+                for w in ("wi", "wo"):
+                    flat[f"{t}/mlp/{w}/kernel"] = sd[f"{mlp}.{w}.weight"].T
+        flat[f"{stack}/relpos_bias/rel_embedding"] = sd[
+            f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+        ].T
+        flat[f"{stack}/{stack}_norm/scale"] = sd[f"{stack}.final_layer_norm.weight"]
+    flat = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in flat.items()}
+    directory = str(tmp_path / "checkpoint_1")
+    _write_t5x(directory, flat)
+
+    config = config_from_hf_switch(hf_config)
+    params = load_t5x(directory, config)
+    rng = np.random.default_rng(2)
+    enc = rng.integers(2, 64, (2, 9))
+    tgt = rng.integers(2, 64, (2, 5))
+    dec_in = np.concatenate([np.zeros((2, 1), np.int64), tgt[:, :-1]], axis=1)
+    logits = np.asarray(EncoderDecoder(config).apply({"params": params}, enc, dec_in, tgt))
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor(enc), decoder_input_ids=torch.tensor(dec_in)).logits
+    np.testing.assert_allclose(logits, ref.numpy(), rtol=1e-4, atol=1e-4)
