@@ -197,3 +197,36 @@ def load_initial_params(
         check_compatible(params, abstract_params, source=f"{path} ({start.format})")
     check_vocabulary(start, run_vocabulary)
     return params, start
+
+
+def model_config_of(path: str | None):
+    """The ModelConfig a checkpoint was saved with (``MODEL_NAME="from_initial_checkpoint"``):
+    our metadata's ``model_config``, or a HF folder's converted config.json."""
+    import json as _json
+
+    from flan_moe.model.config import ModelConfig
+
+    if not path:
+        raise ValueError(
+            'MODEL_NAME = "from_initial_checkpoint" needs INITIAL_CHECKPOINT_PATH to be set'
+        )
+    fmt = detect_format(path)
+    if fmt == "hf":
+        from flan_moe.interop.hf_switch import config_from_hf_switch
+        from flan_moe.interop.hf_t5 import config_from_hf_t5
+
+        with open(os.path.join(path, "config.json")) as f:
+            hf_config = _json.load(f)
+        if hf_config.get("model_type") == "switch_transformers":
+            return config_from_hf_switch(hf_config)
+        return config_from_hf_t5(hf_config)
+    if fmt == "orbax":
+        from flan_moe.training.checkpoints import STEP_PREFIX, resolve_checkpoint
+
+        directory, step = resolve_checkpoint(path)
+        with open(os.path.join(directory, f"{STEP_PREFIX}_{step}", "metadata", "metadata")) as f:
+            return ModelConfig.from_dict(_json.load(f)["model_config"])
+    raise ValueError(
+        f"{path!r} is a T5X checkpoint, which stores no model config: set MODEL_NAME to its "
+        "size (e.g. switch_base_8) instead of 'from_initial_checkpoint'"
+    )
