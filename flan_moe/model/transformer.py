@@ -213,6 +213,10 @@ class Decoder(nn.Module):
                 self.variable("cache", "key_positions", lambda: jnp.arange(length, dtype=jnp.int32))
             if decoder_segment_ids is not None:
                 valid = decoder_segment_ids > 0
+            elif not cfg.mask_padded_queries:
+                # Hugging Face (no decoder_attention_mask): causal masking only; with
+                # right padding the real positions see the same keys either way.
+                valid = jnp.ones((batch, length), dtype=bool)
             elif decoder_target_tokens is not None:
                 valid = decoder_target_tokens > 0
             else:

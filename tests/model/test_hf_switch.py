@@ -148,13 +148,16 @@ def test_logits_equal_hf_when_tokens_are_dropped(models):
 
 
 def test_router_losses_equal_hf_with_padded_inputs(models):
-    """Padded encoder positions attend to the real tokens in HF (mask_padded_queries=False),
-    and HF counts them in the router losses: with that convention the encoder losses match.
-    (With t5x's convention, True, only these padded-position losses would differ.)"""
+    """HF's padded encoder positions attend to the real tokens, its decoder masks causally
+    only, and it counts padded tokens in the router losses: with that convention
+    (mask_padded_queries=False) both stacks' losses match. (With t5x's, True, only these
+    padded-position losses differ.)"""
     hf, config, params, (enc, tgt, dec_in) = models
     assert config.mask_padded_queries is False
-    enc = enc.copy()
+    enc, tgt = enc.copy(), tgt.copy()
     enc[1, 6:] = 0
+    tgt[1, 5:] = 0  # padded targets: HF masks the decoder causally only
+    dec_in = np.concatenate([np.zeros((2, 1), np.int64), tgt[:, :-1]], 1)
     with torch.no_grad():
         out = hf(
             input_ids=torch.tensor(enc),
@@ -175,8 +178,9 @@ def test_router_losses_equal_hf_with_padded_inputs(models):
             float(getattr(out, f"{stack}_z_loss")),
             rtol=1e-5,
         )
-    # The t5x convention changes only the padded positions: same logits, other losses.
+    # The t5x convention changes only the padded positions: same real logits, other losses.
     t5x_style = config.replace(mask_padded_queries=True)
     logits_t5x, losses_t5x = _ours(t5x_style, params, enc, tgt, dec_in)
-    np.testing.assert_allclose(logits_t5x, logits, rtol=1e-5, atol=1e-5)
+    real = tgt > 0  # padded target positions are masked differently (never in the loss)
+    np.testing.assert_allclose(logits_t5x[real], logits[real], rtol=1e-5, atol=1e-5)
     assert abs(float(losses_t5x["encoder/router_z_loss"]) - float(out.encoder_z_loss)) > 1e-3
