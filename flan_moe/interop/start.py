@@ -230,3 +230,12 @@ def model_config_of(path: str | None):
         f"{path!r} is a T5X checkpoint, which stores no model config: set MODEL_NAME to its "
         "size (e.g. switch_base_8) instead of 'from_initial_checkpoint'"
     )
+
+
+def read_start_record(model_dir: str) -> dict[str, Any] | None:
+    """MODEL_DIR/initial_checkpoint.json, or None for a run that started from scratch."""
+    path = os.path.join(model_dir, "initial_checkpoint.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)

@@ -35,7 +35,12 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from flan_moe.interop.start import load_initial_params, vocabulary_fingerprint, write_start_record
+from flan_moe.interop.start import (
+    load_initial_params,
+    read_start_record,
+    vocabulary_fingerprint,
+    write_start_record,
+)
 from flan_moe.model.config import ModelConfig
 from flan_moe.models import LossConfig
 from flan_moe.training.checkpoints import Checkpointer
@@ -179,6 +184,8 @@ def train(
         data_position = int(record["data_position"])
         last_checkpoint: str | None = checkpointer.path(latest)
         log.info("resuming from %s (data position %d)", last_checkpoint, data_position)
+        if (start_record := read_start_record(model_dir)) is not None:
+            metadata["initial_checkpoint"] = start_record  # later checkpoints keep the record
     elif initial_checkpoint_path:
         # Any format (orbax / Hugging Face / T5X); params only: step 0, fresh optimizer.
         params, start_point = load_initial_params(
