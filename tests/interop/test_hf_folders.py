@@ -24,6 +24,7 @@ def _logits(model, enc, dec_in):
         ).logits.numpy()
 
 
+@pytest.mark.slow  # ~20 s on 2 busy cores
 def test_t5_1_0_pytorch_bin_imports_and_exports_with_equal_logits(tmp_path):
     config = transformers.T5Config(
         vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,

@@ -153,7 +153,6 @@ def test_vocabulary_check_names_both(tmp_path):
     check_vocabulary(StartPoint("/hf", "hf", "unrecorded", "unrecorded"), "byte")  # logged
 
 
-@pytest.mark.slow
 def test_t5x_switch_checkpoint_matches_transformers(tmp_path):
     """MoE names (convert_switch_transformers_original_flax_checkpoint_to_pytorch):
     ``mlp/router/router_weights/w/kernel`` and stacked ``mlp/expert/{wi,wo}/kernel``."""
