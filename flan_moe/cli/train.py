@@ -12,7 +12,8 @@ re-run to continue"); 1 on an error.
 
 Macros (set in gin files or with ``--gin.NAME=value``):
 
-* from the model file: ``MODEL_NAME`` (a size in ``flan_moe.model.config.SIZES``),
+* from the model file: ``MODEL_NAME`` (a size in ``flan_moe.model.config.SIZES``, or
+  ``"from_initial_checkpoint"``: the config of INITIAL_CHECKPOINT_PATH),
   optional ``MODEL_OVERRIDES`` (``{"field": value}``; ``{"moe": {...}}`` for MoE fields);
 * from the run file / command line: ``MODEL_DIR``, ``TRAIN_STEPS`` (the ABSOLUTE
   target step, as in t5x: resumed at step 30, TRAIN_STEPS=50 trains 20 steps; a run
@@ -20,7 +21,8 @@ Macros (set in gin files or with ``--gin.NAME=value``):
   ``MIXTURE_OR_TASK_NAME`` (a registered SeqIO
   task/mixture, or ``"synthetic"`` for generated batches without TensorFlow),
   ``TASK_FEATURE_LENGTHS`` (``{"inputs": Li, "targets": Lt}``), ``BATCH_SIZE``
-  (global), optional ``INITIAL_CHECKPOINT_PATH`` and ``RUN_MODEL_OVERRIDES`` (run
+  (global), optional ``INITIAL_CHECKPOINT_PATH`` (our MODEL_DIR, a HF folder or a T5X
+  checkpoint; params only, the run starts at step 0) and ``RUN_MODEL_OVERRIDES`` (run
   settings that change the model, e.g. dropout; applied after MODEL_OVERRIDES; its
   ``moe`` part is skipped, with a log line, for a dense model).
 
@@ -87,11 +89,26 @@ def _merge(base: dict, overrides: dict, *, where: str) -> dict:
     return out
 
 
+FROM_INITIAL_CHECKPOINT = "from_initial_checkpoint"
+
+
 def resolve_model_config(
-    name: str, overrides: dict | None = None, run_overrides: dict | None = None
+    name: str,
+    overrides: dict | None = None,
+    run_overrides: dict | None = None,
+    *,
+    initial_checkpoint: str | None = None,
 ) -> ModelConfig:
-    """A size-table config with MODEL_OVERRIDES, then RUN_MODEL_OVERRIDES, applied."""
-    values = get_config(name).to_dict()
+    """A size-table config with MODEL_OVERRIDES, then RUN_MODEL_OVERRIDES, applied.
+
+    ``name="from_initial_checkpoint"``: the config INITIAL_CHECKPOINT_PATH was saved with
+    (our metadata, or a HF folder's converted config.json)."""
+    if name == FROM_INITIAL_CHECKPOINT:
+        from flan_moe.interop.start import model_config_of
+
+        values = model_config_of(initial_checkpoint).to_dict()
+    else:
+        values = get_config(name).to_dict()
     for label, layer in (("MODEL_OVERRIDES", overrides), ("RUN_MODEL_OVERRIDES", run_overrides)):
         layer = dict(layer or {})
         if layer.get("moe") is not None and values.get("moe") is None:
@@ -162,6 +179,7 @@ def run_from_gin() -> TrainResult:
         str(query_macro("MODEL_NAME")),
         query_macro("MODEL_OVERRIDES", None),
         query_macro("RUN_MODEL_OVERRIDES", None),
+        initial_checkpoint=initial,
     )
     train_config = GinTrainConfig(train_steps=train_steps, batch_size=batch_size)
     optimizer_config = GinOptimizerConfig()

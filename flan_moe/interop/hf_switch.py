@@ -22,7 +22,11 @@ Semantics matched (transformers >= the fix of issue 48293, PR 48421, e.g. 5.23.0
   ``expert_capacity`` per expert (``capacity_factor=0, min_expert_capacity=C``), slots
   claimed in sequence order; a dropped token passes through the residual only;
 * padding tokens are routed like any other (HF never uses its
-  ``router_ignore_padding_tokens`` flag), and count in the router losses;
+  ``router_ignore_padding_tokens`` flag), and count in the router losses; HF's padded
+  encoder positions attend to the real tokens (its mask hides keys only) and its decoder
+  masks causally only (no ``decoder_attention_mask``), so the converted config sets
+  ``mask_padded_queries=False`` (t5x masks padded positions): the padded positions'
+  hidden states, hence both stacks' router losses, then equal HF's with padded inputs;
 * experts use the model's dropout rate (HF's expert MLP is its dense MLP).
 
 HF computes a stack's aux loss on the router logits of all its sparse layers

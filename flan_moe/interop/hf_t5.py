@@ -10,7 +10,8 @@ Layout differences handled here (HF ``nn.Linear`` stores [out, in]):
 * one relative-attention table per stack (HF keeps it in block 0) -> ``relpos_bias``;
 * ``lm_head`` ``[v, d]`` -> ``logits_dense`` ``[d, v]`` (untied models only).
 
-Use ``load_hf_t5(path)`` on a folder with ``config.json`` and ``*.safetensors``.
+Use ``load_hf_t5(path)`` on a folder with ``config.json`` and ``*.safetensors`` (or
+``pytorch_model*.bin``). The config computes in float32 unless ``dtype=`` says otherwise.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def config_from_hf_t5(hf_config: Any, **overrides: Any) -> ModelConfig:
             hf_config_value(hf_config, "relative_attention_max_distance", 128)
         ),
         layer_norm_epsilon=float(hf_config_value(hf_config, "layer_norm_epsilon", 1e-6)),
+        mask_padded_queries=False,  # HF: padded encoder positions attend to the real tokens
+        dtype="float32",
     )
     values.update(overrides)
     return ModelConfig(**values)
@@ -167,33 +170,48 @@ def params_from_hf_t5(
             name: ff,
         }
     if not config.tie_embeddings:
-        decoder["logits_dense"] = hf_tensor(
-            sd, "lm_head.weight", (config.vocab_size, config.d_model)
-        ).T
+        # transformers v5 ties the head to ``shared`` at construction and saves no
+        # ``lm_head.weight`` (v1.1 configs then say scale_decoder_outputs=False): the
+        # unscaled head is the embedding itself.
+        head = "lm_head.weight" if "lm_head.weight" in sd else "shared.weight"
+        decoder["logits_dense"] = hf_tensor(sd, head, (config.vocab_size, config.d_model)).T
     params["decoder"] = decoder
     return params
 
 
 def read_hf_folder(path: str) -> tuple[dict, dict[str, np.ndarray]]:
-    """``config.json`` and all ``*.safetensors`` tensors of a local HF model folder."""
+    """``config.json`` and all tensors of a local HF model folder: ``*.safetensors``
+    (sharded or not), else ``pytorch_model*.bin`` (read with torch, weights only)."""
     config_path = os.path.join(path, "config.json")
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"no config.json in {path!r}: expected a Hugging Face model folder")
     with open(config_path) as f:
         hf_config = json.load(f)
-    files = sorted(n for n in os.listdir(path) if n.endswith(".safetensors"))
-    if not files:
-        raise FileNotFoundError(
-            f"no *.safetensors files in {path!r}; save the model with "
-            "`model.save_pretrained(path)` (safetensors is the default format)"
-        )
-    try:
-        from safetensors.numpy import load_file
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("reading HF checkpoints needs `pip install safetensors`") from e
+    names = sorted(os.listdir(path))
+    safetensors = [n for n in names if n.endswith(".safetensors")]
+    bins = [n for n in names if n.startswith("pytorch_model") and n.endswith(".bin")]
     state: dict[str, np.ndarray] = {}
-    for name in files:
-        state.update(load_file(os.path.join(path, name)))
+    if safetensors:
+        from safetensors.numpy import load_file
+
+        for name in safetensors:
+            state.update(load_file(os.path.join(path, name)))
+    elif bins:
+        try:
+            import torch
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                f"{path!r} holds pytorch_model*.bin files: reading them needs torch "
+                "(requirements-dev.txt), or re-save the model as safetensors"
+            ) from e
+        for name in bins:
+            tensors = torch.load(os.path.join(path, name), map_location="cpu", weights_only=True)
+            state.update({k: v.float().numpy() for k, v in tensors.items()})
+    else:
+        raise FileNotFoundError(
+            f"no *.safetensors or pytorch_model*.bin files in {path!r}; save the model "
+            "with `model.save_pretrained(path)`"
+        )
     return hf_config, state
 
 

@@ -206,6 +206,11 @@ class ModelConfig:
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
     layer_norm_epsilon: float = 1e-6
+    # True (t5x/flaxformer): a padded encoder position attends to nothing, padded decoder
+    # positions are masked. False (Hugging Face): padded encoder positions attend to the
+    # real tokens, the decoder masks causally only (unpacked rows). Only padded positions'
+    # hidden states differ, so real logits agree; router losses counting padding do not.
+    mask_padded_queries: bool = True
     dtype: str = "bfloat16"
     param_dtype: str = "float32"
     attention_implementation: AttentionImplementation = "xla"

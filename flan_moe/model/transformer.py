@@ -145,8 +145,10 @@ class Encoder(nn.Module):
         x = self.embedder(tokens)
         x = constrain(x, ("batch", "length", "embed"))
         x = _dropout(x, cfg.dropout_rate, enable_dropout)
+        # Hugging Face lets padded queries attend to the real keys (mask_padded_queries=False).
+        query_valid = valid if cfg.mask_padded_queries else jnp.ones_like(valid)
         mask = attention_mask(
-            valid, valid, query_segment_ids=segment_ids, key_segment_ids=segment_ids
+            query_valid, valid, query_segment_ids=segment_ids, key_segment_ids=segment_ids
         )
         # Relative positions from row indices: inside a packed segment the offsets
         # equal the per-segment offsets, and the mask hides other segments.
@@ -211,6 +213,10 @@ class Decoder(nn.Module):
                 self.variable("cache", "key_positions", lambda: jnp.arange(length, dtype=jnp.int32))
             if decoder_segment_ids is not None:
                 valid = decoder_segment_ids > 0
+            elif not cfg.mask_padded_queries:
+                # Hugging Face (no decoder_attention_mask): causal masking only; with
+                # right padding the real positions see the same keys either way.
+                valid = jnp.ones((batch, length), dtype=bool)
             elif decoder_target_tokens is not None:
                 valid = decoder_target_tokens > 0
             else:

@@ -26,7 +26,9 @@ Contract for readers (the evaluator codes against these two functions):
   raw (unboxed) float32 jax arrays on the default device; ``metadata`` holds at
   least ``{"step": int, "vocabulary": str, "task_feature_lengths": {...},
   "model_config": {...}}`` (``ModelConfig.to_dict()``), plus what the trainer
-  stored (mixture name, batch size, optimizer settings).
+  stored (mixture name, batch size, optimizer settings), ``vocabulary_fingerprint``
+  and, for a run started from another checkpoint, ``initial_checkpoint``
+  (``flan_moe.interop.start``: the vocabulary record and its mismatch check).
 
 Loading params into a model whose shapes differ raises ``CheckpointMismatchError``
 listing every mismatched path with both shapes.

@@ -4,7 +4,10 @@
 the latest good checkpoint in ``model_dir`` (``integrity.latest_good_checkpoint``: a
 damaged or incomplete newer one is named in a warning and moved aside to
 ``checkpoint_<step>.damaged``); else ``initial_checkpoint_path`` (params only: a new
-run at step 0 with a fresh optimizer); else from scratch.
+run at step 0 with a fresh optimizer and data position 0, from our orbax checkpoints, a
+Hugging Face folder or a T5X checkpoint: ``flan_moe.interop.start``; recorded in
+MODEL_DIR/initial_checkpoint.json and the checkpoints' metadata, and refused when its
+recorded vocabulary is not the run's); else from scratch.
 
 ``train_steps`` is the ABSOLUTE target step (t5x's convention): the run trains from
 its checkpoint's step up to ``train_steps``, so re-running the same command after an
@@ -46,10 +49,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from flan_moe.interop.start import (
+    load_initial_params,
+    read_start_record,
+    vocabulary_fingerprint,
+    write_start_record,
+)
 from flan_moe.model.config import ModelConfig
 from flan_moe.models import LossConfig
 from flan_moe.training import integrity
-from flan_moe.training.checkpoints import Checkpointer, restore_params
+from flan_moe.training.checkpoints import Checkpointer
 from flan_moe.training.model_dir_lock import model_dir_lock
 from flan_moe.training.optimizers import OptimizerConfig
 from flan_moe.training.summaries import MetricAverager, Progress, SummaryWriter, flatten_metrics
@@ -196,16 +205,38 @@ def _initial_state(
     latest: tuple[int, str] | None,
     initial_checkpoint_path: str | None,
     seed: int,
+    *,
+    model_config: ModelConfig,
+    model_dir: str,
+    metadata: dict[str, Any],
 ) -> tuple[TrainState, int]:
-    """(state, data position): from ``latest``, else the initial checkpoint, else scratch."""
+    """(state, data position): from ``latest``, else the initial checkpoint, else scratch.
+
+    Records where the run started in ``metadata["initial_checkpoint"]`` (and, for a new
+    run, in MODEL_DIR/initial_checkpoint.json) so every later checkpoint keeps it.
+    """
     if latest is not None:
         state, record = checkpointer.restore(latest[0], trainer.abstract_state)
         check_finite_params(state.params, where=f"checkpoint {latest[1]}")
         log.info("resuming from %s (data position %d)", latest[1], int(record["data_position"]))
+        if (start_record := read_start_record(model_dir)) is not None:
+            metadata["initial_checkpoint"] = start_record
         return state, int(record["data_position"])
     if initial_checkpoint_path:
-        params, _ = restore_params(initial_checkpoint_path, trainer.abstract_state.params)
-        log.info("starting at step 0 from initial checkpoint %s", initial_checkpoint_path)
+        # Any format (orbax / Hugging Face / T5X); params only: step 0, fresh optimizer.
+        params, start_point = load_initial_params(
+            initial_checkpoint_path,
+            model_config,
+            trainer.abstract_state.params,
+            run_vocabulary=metadata.get("vocabulary"),
+        )
+        metadata["initial_checkpoint"] = start_point.to_dict()
+        write_start_record(model_dir, start_point)
+        log.info(
+            "starting at step 0 from initial checkpoint %s (%s)",
+            initial_checkpoint_path,
+            start_point.format,
+        )
         return trainer.init_from_params(params, seed), 0
     log.info("starting from scratch (seed %d)", seed)
     return trainer.init(seed), 0
@@ -277,11 +308,16 @@ def _train_locked(
         "optimizer_config": asdict(optimizer_config),
         "batch_size": cfg.batch_size,
     }
+    if "vocabulary" in metadata:  # the vocabulary travels with every checkpoint
+        metadata.setdefault(
+            "vocabulary_fingerprint", vocabulary_fingerprint(metadata["vocabulary"])
+        )
     latest = _resume_checkpoint(model_dir)
     checkpointer = Checkpointer(model_dir, keep=cfg.keep_checkpoints)
     state, data_position = _initial_state(
-        trainer, checkpointer, latest, initial_checkpoint_path, cfg.seed
-    )
+        trainer, checkpointer, latest, initial_checkpoint_path, cfg.seed,
+        model_config=model_config, model_dir=model_dir, metadata=metadata,
+    )  # fmt: skip
     last_checkpoint: str | None = None if latest is None else latest[1]
     start = int(jax.device_get(state.step))
     end = cfg.train_steps

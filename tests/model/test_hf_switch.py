@@ -145,3 +145,42 @@ def test_logits_equal_hf_when_tokens_are_dropped(models):
     logits, state = _apply(dropping, params, enc, tgt, dec_in)
     assert float(collect_moe_metrics(state["moe_metrics"])["fraction_dropped"]) > 0.1
     np.testing.assert_allclose(np.asarray(logits), out.logits.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_router_losses_equal_hf_with_padded_inputs(models):
+    """HF's padded encoder positions attend to the real tokens, its decoder masks causally
+    only, and it counts padded tokens in the router losses: with that convention
+    (mask_padded_queries=False) both stacks' losses match. (With t5x's, True, only these
+    padded-position losses differ.)"""
+    hf, config, params, (enc, tgt, dec_in) = models
+    assert config.mask_padded_queries is False
+    enc, tgt = enc.copy(), tgt.copy()
+    enc[1, 6:] = 0
+    tgt[1, 5:] = 0  # padded targets: HF masks the decoder causally only
+    dec_in = np.concatenate([np.zeros((2, 1), np.int64), tgt[:, :-1]], 1)
+    with torch.no_grad():
+        out = hf(
+            input_ids=torch.tensor(enc),
+            attention_mask=torch.tensor(enc > 0),
+            decoder_input_ids=torch.tensor(dec_in),
+            output_router_logits=True,
+        )
+    logits, losses = _ours(config, params, enc, tgt, dec_in)
+    np.testing.assert_allclose(logits, out.logits.numpy(), rtol=1e-4, atol=1e-4)
+    for stack in ("encoder", "decoder"):
+        np.testing.assert_allclose(
+            float(losses[f"{stack}/load_balancing_loss"]),
+            float(getattr(out, f"{stack}_aux_loss")),
+            rtol=1e-5,
+        )
+        np.testing.assert_allclose(
+            float(losses[f"{stack}/router_z_loss"]),
+            float(getattr(out, f"{stack}_z_loss")),
+            rtol=1e-5,
+        )
+    # The t5x convention changes only the padded positions: same real logits, other losses.
+    t5x_style = config.replace(mask_padded_queries=True)
+    logits_t5x, losses_t5x = _ours(t5x_style, params, enc, tgt, dec_in)
+    real = tgt > 0  # padded target positions are masked differently (never in the loss)
+    np.testing.assert_allclose(logits_t5x[real], logits[real], rtol=1e-5, atol=1e-5)
+    assert abs(float(losses_t5x["encoder/router_z_loss"]) - float(out.encoder_z_loss)) > 1e-3
