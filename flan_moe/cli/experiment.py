@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from flan_moe.cli import validation
 from flan_moe.experiments import runner, settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -91,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name}: {settings.get_experiment(name).title}")
         print(f"scales: {', '.join(settings.SCALES)}")
         return 0
+    validation.check_experiment_args(args)
     experiment, scale = resolve(args.experiment, args.scale)
     check_data_dir()
     outcomes, paths = runner.run_experiment(
@@ -112,4 +114,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(validation.run_cli(main))

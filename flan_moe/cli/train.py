@@ -39,7 +39,14 @@ import gin
 import jax
 
 from flan_moe import partitioning
-from flan_moe.cli.gin_flags import parse_gin, query_macro, split_gin_flags, write_operative_config
+from flan_moe.cli import validation
+from flan_moe.cli.gin_flags import (
+    check_macros,
+    parse_gin,
+    query_macro,
+    split_gin_flags,
+    write_operative_config,
+)
 from flan_moe.model.config import ModelConfig, get_config
 from flan_moe.models import LossConfig
 from flan_moe.training.loop import TrainConfig, TrainResult, train
@@ -72,7 +79,10 @@ def _merge(base: dict, overrides: dict, *, where: str) -> dict:
     out = dict(base)
     for key, value in overrides.items():
         if key not in base:
-            raise ValueError(f"{where}: unknown model field {key!r}; known: {sorted(base)}")
+            raise validation.InputError(
+                f"{where}: unknown model field {key!r}{validation.did_you_mean(key, base)}; "
+                f"known: {sorted(base)}"
+            )
         if isinstance(value, dict) and isinstance(base[key], dict):
             out[key] = _merge(base[key], value, where=f"{where}.{key}")
         else:
@@ -89,7 +99,7 @@ def resolve_model_config(
         layer = dict(layer or {})
         if layer.get("moe") is not None and values.get("moe") is None:
             if label == "MODEL_OVERRIDES":
-                raise ValueError(f"{label} sets moe fields but model {name!r} is dense")
+                raise validation.InputError(f"{label} sets moe fields but model {name!r} is dense")
             log.info("dense model %r: skipping %s moe settings %s", name, label, layer["moe"])
             layer.pop("moe")
         values = _merge(values, layer, where=label)
@@ -145,33 +155,39 @@ def _vocab_size(spec: str) -> int:
 
 def run_from_gin() -> TrainResult:
     """Build everything from the parsed gin config and train."""
+    validation.check_train_macros(query_macro)
     model_dir = str(query_macro("MODEL_DIR"))
     train_steps = int(query_macro("TRAIN_STEPS"))
     name = str(query_macro("MIXTURE_OR_TASK_NAME"))
     feature_lengths = dict(query_macro("TASK_FEATURE_LENGTHS"))
     batch_size = int(query_macro("BATCH_SIZE"))
     initial = query_macro("INITIAL_CHECKPOINT_PATH", None)
-    model_config = resolve_model_config(
+    model_config = validation.build(
+        resolve_model_config,
         str(query_macro("MODEL_NAME")),
         query_macro("MODEL_OVERRIDES", None),
         query_macro("RUN_MODEL_OVERRIDES", None),
+        fix="fix MODEL_OVERRIDES / RUN_MODEL_OVERRIDES",
     )
-    train_config = GinTrainConfig(train_steps=train_steps, batch_size=batch_size)
-    optimizer_config = GinOptimizerConfig()
-    loss_config = GinLossConfig()
-    options = GinDataOptions()
-    mesh = gin_make_mesh()
+    train_config = validation.build(GinTrainConfig, train_steps=train_steps, batch_size=batch_size)
+    optimizer_config = validation.build(GinOptimizerConfig)
+    loss_config = validation.build(GinLossConfig)
+    options = validation.build(GinDataOptions)
+    mesh = validation.build(gin_make_mesh)
     write_operative_config(model_dir)
 
-    vocab_size = _vocab_size(options.vocabulary)
+    vocab_size = validation.build(_vocab_size, options.vocabulary, fix="fix DataOptions.vocabulary")
+    validation.check_mixture(name)
     if vocab_size > model_config.vocab_size:
-        raise ValueError(
+        raise validation.InputError(
             f"vocabulary {options.vocabulary!r} has {vocab_size} ids but model "
             f"{model_config.name!r} has vocab_size {model_config.vocab_size}; pick a model "
             "with a larger vocabulary or set MODEL_OVERRIDES={'vocab_size': ...}"
         )
     if batch_size % jax.process_count():
-        raise ValueError(f"BATCH_SIZE {batch_size} must divide over {jax.process_count()} hosts")
+        raise validation.InputError(
+            f"BATCH_SIZE {batch_size} must divide over {jax.process_count()} hosts"
+        )
     opened: list = []
     factory = _iterator_factory(
         name,
@@ -253,8 +269,9 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
     _log_to_stderr()
     _maybe_initialize_distributed(args)
     parse_gin(flags)
+    check_macros(validation.TRAIN_MACROS)
     return run_from_gin()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(validation.run_cli(main))
