@@ -136,7 +136,12 @@ def query_macro(name: str, default: Any = REQUIRED) -> Any:
 
 def write_operative_config(model_dir: str) -> list[str]:
     """Write ``config.gin`` (every binding, macros included) and ``operative_config.gin``
-    (the parameters actually used so far) into ``model_dir``; returns the paths."""
+    (the parameters actually used so far) into ``model_dir``; returns the paths.
+    Multi-host: only the first host writes (the others return an empty list)."""
+    import jax
+
+    if jax.process_index() != 0:
+        return []
     os.makedirs(model_dir, exist_ok=True)
     written = []
     for filename, text in (

@@ -116,13 +116,14 @@ def _iterator_factory(
     vocab_size: int,
     opened: list,
 ):
-    if name == SYNTHETIC_NAME:
+    if name == SYNTHETIC_NAME:  # every host makes the global batch and keeps its rows
         return lambda start: synthetic_batches(
-            batch_size=host_batch_size,
+            batch_size=host_batch_size * jax.process_count(),
             feature_lengths=feature_lengths,
             vocab_size=vocab_size,
-            seed=seed + jax.process_index(),
+            seed=seed,
             start_step=start,
+            shard=(jax.process_index(), jax.process_count()),
         )
 
     def factory(start: int):
@@ -245,6 +246,8 @@ def _maybe_initialize_distributed(args: argparse.Namespace) -> None:
     if not args.multihost:
         return
     kwargs: dict[str, Any] = {}
+    # CPU hosts need a collectives backend for cross-process computations (no effect on GPU/TPU).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if args.coordinator_address:
         kwargs.update(
             coordinator_address=args.coordinator_address,
@@ -255,10 +258,25 @@ def _maybe_initialize_distributed(args: argparse.Namespace) -> None:
     log.info("process %d of %d", jax.process_index(), jax.process_count())
 
 
+GIN_FLAGS_HELP = """gin flags (anywhere on the command line):
+  --gin_file=PATH          a gin file; repeat it (a model file, then a run file)
+  --gin.NAME=VALUE         set a macro (--gin.BATCH_SIZE=8) or a parameter
+                           (--gin.OptimizerConfig.learning_rate=1e-3); a misspelt
+                           name is an error that suggests the closest one
+  --gin_bindings='X = 1'   a raw gin binding line (repeatable)
+  --gin_search_paths=DIRS  comma list of directories where gin files are found
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> TrainResult:
     """Parse flags (gin and multi-host), then train. Returns the run's result."""
     flags, rest = split_gin_flags(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m flan_moe.cli.train")
+    parser = argparse.ArgumentParser(
+        prog="python -m flan_moe.cli.train",
+        description=__doc__,  # the gin usage: flags, macros, configurables
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=GIN_FLAGS_HELP,
+    )
     parser.add_argument("--multihost", action="store_true", help="jax.distributed.initialize")
     parser.add_argument("--coordinator_address", default=None)
     parser.add_argument("--num_processes", type=int, default=None)

@@ -225,6 +225,9 @@ def check_mixture(name: str) -> None:
 
     if name == SYNTHETIC_NAME:
         return
+    from flan_moe.cli.quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
     import seqio
 
     import tasks  # noqa: F401  (registers every task and mixture)

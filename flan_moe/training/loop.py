@@ -220,6 +220,8 @@ def train(
         result.last_checkpoint = last_checkpoint
         log.info("checkpoint at step %d -> %s", step, last_checkpoint)
 
+    if start < end:
+        log.info("compiling the train step (the first step includes compilation)...")
     try:
         with stop.installed():
             step = start
