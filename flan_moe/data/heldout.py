@@ -329,7 +329,7 @@ def _load_bbh(mode, shots, root, max_tokens, vocabulary) -> dict[str, list[EvalE
         for i, ex in enumerate(rows):
             with record_context(path, f"example {i}", expected=BBH_LAYOUT):
                 query = f"Q: {ex['input']}\nA:" + (f" {COT_TRIGGER}" if mode == "cot" else "")
-                str(ex["target"])
+                str(ex["target"])  # a missing target is reported here, with its file
             examples.append(
                 EvalExample(
                     task="bbh",
