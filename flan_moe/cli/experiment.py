@@ -44,8 +44,11 @@ def check_data_dir() -> str:
 def _from_gin(path: Path) -> tuple[str, str | None, dict[str, str]]:
     import gin  # only at the edge
 
+    from flan_moe.cli.gin_flags import check_macros
+
     gin.clear_config()
     gin.parse_config_file(str(path))
+    check_macros(("EXPERIMENT", "SCALE", "MODELS"))
 
     def macro(name: str, default=None):
         try:

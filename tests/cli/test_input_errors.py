@@ -314,6 +314,7 @@ EXPERIMENT_CASES = [
         r" does not exist",
     ),
     ("output-dir-is-file", ["setting2", "--output_dir={file}"], r"--output_dir .* is a file"),
+    ("gin-macro-typo", ["{gin}"], r"macro SCAL is set but nothing reads it \(did you mean 'SCALE'"),
 ]
 
 
@@ -321,7 +322,10 @@ EXPERIMENT_CASES = [
                          ids=[c[0] for c in EXPERIMENT_CASES])  # fmt: skip
 def test_experiment_input_errors(argv, pattern, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    argv = [a.format(file=tmp_path / "file") for a in argv]
+    (tmp_path / "typo.gin").write_text(
+        'EXPERIMENT = "setting2_instruction_tuning"\nSCAL = "tiny"\n'
+    )
+    argv = [a.format(file=tmp_path / "file", gin=tmp_path / "typo.gin") for a in argv]
     code, err = _run(experiment_cli.main, argv, capsys)
     _assert_one_clear_error(code, err, pattern)
 
