@@ -124,3 +124,27 @@ def test_two_processes_train_like_one_and_resume_in_both(tmp_path):
     steps = [json.loads(line)["step"] for line in lines]
     assert steps == list(range(1, multi_steps[-1] + 1))
     assert len(list((multi / "train").glob("events.out.tfevents.*"))) == 2  # two invocations
+
+
+def test_synthetic_host_shards_make_the_global_batch():
+    from flan_moe.training.synthetic import synthetic_batches
+
+    kwargs = dict(batch_size=8, feature_lengths={"inputs": 12, "targets": 6}, vocab_size=64)
+    full = next(synthetic_batches(**kwargs, seed=3, start_step=5))
+    parts = [
+        next(synthetic_batches(**kwargs, seed=3, start_step=5, shard=(i, 4))) for i in range(4)
+    ]
+    for name, value in full.items():
+        np.testing.assert_array_equal(np.concatenate([p[name] for p in parts]), value)
+    with pytest.raises(ValueError, match="does not split a batch of 8 rows"):
+        next(synthetic_batches(**kwargs, shard=(0, 3)))
+
+
+def test_only_the_first_host_writes_metrics(tmp_path, monkeypatch):
+    from flan_moe.training import summaries
+
+    monkeypatch.setattr(summaries, "_process_index", lambda: 1)
+    writer = summaries.SummaryWriter(str(tmp_path))
+    writer.write(1, {"loss": 1.0})
+    writer.close()
+    assert not (tmp_path / "train").exists()
