@@ -208,7 +208,8 @@ def check_train_macros(query: Callable[..., Any]) -> None:
     if os.path.isfile(query("MODEL_DIR")):
         raise InputError(f"MODEL_DIR {query('MODEL_DIR')!r} is a file; pass a directory")
     initial = query("INITIAL_CHECKPOINT_PATH", None)
-    if initial is not None and not Path(str(initial)).exists():
+    remote = "://" in str(initial)  # gs://... is checked by the loader
+    if initial is not None and not remote and not Path(str(initial)).exists():
         raise InputError(
             f"INITIAL_CHECKPOINT_PATH {initial!r} does not exist; pass a checkpoint_<step> "
             "directory (or a MODEL_DIR) written by training, or leave it None"
