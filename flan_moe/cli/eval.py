@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from flan_moe import decoding
+from flan_moe.cli import validation
 from flan_moe.evaluation import results
 
 SUITES = ("mmlu", "bbh", "gsm8k", "svamp")
@@ -352,6 +353,7 @@ def _pct(value: float | None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    validation.check_eval_args(args, SUITES)
     entries = run(args)
     if entries:
         print()
@@ -360,4 +362,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(validation.run_cli(main))

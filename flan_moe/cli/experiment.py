@@ -31,6 +31,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from flan_moe.cli import validation
 from flan_moe.experiments import runner, settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -53,8 +54,11 @@ def check_data_dir() -> str:
 def _from_gin(path: Path) -> tuple[str, str | None, dict[str, str]]:
     import gin  # only at the edge
 
+    from flan_moe.cli.gin_flags import check_macros
+
     gin.clear_config()
     gin.parse_config_file(str(path))
+    check_macros(("EXPERIMENT", "SCALE", "MODELS"))
 
     def macro(name: str, default=None):
         try:
@@ -169,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name}: {settings.get_experiment(name).title}")
         print(f"scales: {', '.join(settings.SCALES)}")
         return 0
+    validation.check_experiment_args(args)
     experiment, scale = resolve(args.experiment, args.scale)
     experiment, scale = with_starting_points(
         args.experiment, experiment, scale, vocabulary=args.vocabulary, pretrained=args.pretrained
@@ -199,4 +204,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(validation.run_cli(main))

@@ -25,15 +25,24 @@ Typical use in a command::
 from __future__ import annotations
 
 import ast
+import inspect
 import os
-from collections.abc import Sequence
+import re
+import tokenize
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import gin
 
+from flan_moe.cli.validation import InputError, did_you_mean
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REQUIRED = object()
+
+
+class GinConfigError(InputError):
+    """A gin file or binding that does not parse, names nothing, or is never read."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,7 @@ def split_gin_flags(argv: Sequence[str]) -> tuple[GinFlags, list[str]]:
         takes_value = name in ("--gin_file", "--gin_search_paths", "--gin_bindings")
         if takes_value and not eq:
             if i + 1 >= len(args):
-                raise ValueError(f"flag {name} needs a value")
+                raise GinConfigError(f"flag {name} needs a value")
             value, i = args[i + 1], i + 1
         if name == "--gin_file":
             flags.gin_files.append(value)
@@ -77,7 +86,7 @@ def split_gin_flags(argv: Sequence[str]) -> tuple[GinFlags, list[str]]:
             flags.bindings.append(value)
         elif name.startswith("--gin."):
             if not eq:
-                raise ValueError(f"{arg!r}: write --gin.NAME=VALUE")
+                raise GinConfigError(f"{arg!r}: write --gin.NAME=VALUE")
             flags.bindings.append(f"{name[len('--gin.') :]} = {gin_value(value)}")
         else:
             rest.append(arg)
@@ -92,7 +101,7 @@ def _find(path: str, search_paths: Sequence[str]) -> str:
         candidate = os.path.join(directory, path)
         if os.path.isfile(candidate):
             return candidate
-    raise FileNotFoundError(
+    raise GinConfigError(
         f"gin file {path!r} not found as given nor under the search paths {list(search_paths)}; "
         "check the path or add its directory with --gin_search_paths"
     )
@@ -107,9 +116,9 @@ def parse_gin(flags: GinFlags, *, finalize: bool = True) -> None:
     files = [_find(f, search_paths) for f in flags.gin_files]
     try:
         gin.parse_config_files_and_bindings(files, flags.bindings, finalize_config=finalize)
-    except (ValueError, SyntaxError) as e:
-        raise ValueError(
-            f"bad gin configuration ({e}). Files: {files}; bindings: {flags.bindings}"
+    except (ValueError, SyntaxError, tokenize.TokenError) as e:
+        raise GinConfigError(
+            f"bad gin configuration ({_explain(e)}). Files: {files}; bindings: {flags.bindings}"
         ) from e
 
 
@@ -127,7 +136,12 @@ def query_macro(name: str, default: Any = REQUIRED) -> Any:
 
 def write_operative_config(model_dir: str) -> list[str]:
     """Write ``config.gin`` (every binding, macros included) and ``operative_config.gin``
-    (the parameters actually used so far) into ``model_dir``; returns the paths."""
+    (the parameters actually used so far) into ``model_dir``; returns the paths.
+    Multi-host: only the first host writes (the others return an empty list)."""
+    import jax
+
+    if jax.process_index() != 0:
+        return []
     os.makedirs(model_dir, exist_ok=True)
     written = []
     for filename, text in (
@@ -139,3 +153,85 @@ def write_operative_config(model_dir: str) -> list[str]:
             f.write(text)
         written.append(path)
     return written
+
+
+# ------------------------------------------------------------------ names that gin would ignore
+
+
+def _configurables() -> dict[str, Any]:
+    """Every registered configurable by its short name (``OptimizerConfig``, ``make_mesh``)."""
+    registry = gin.config._REGISTRY  # gin has no public listing of configurables
+    return {c.name: c for _, c in registry.items()}
+
+
+def _explain(error: Exception) -> str:
+    """Gin's message plus a "did you mean" for an unknown configurable or parameter."""
+    text = str(error)
+    if isinstance(error, (SyntaxError, tokenize.TokenError)):
+        return (
+            f"gin syntax error: {text}; a binding is `NAME = VALUE` or `Configurable.param = "
+            "VALUE` with a Python literal VALUE (quote strings, close brackets)"
+        )
+    configurables = _configurables()
+    m = re.search(r"No bindings specified for '([^/']+)/gin.macro'", text)
+    if m:
+        defined = [scope for scope, selector in gin.config._CONFIG if selector == "gin.macro"]
+        return (
+            f"gin macro %{m.group(1)} is used but never set{did_you_mean(m.group(1), defined)}; "
+            f"set it with --gin.{m.group(1)}=... or in a gin file"
+        )
+    m = re.search(r"No configurable matching '([^']+)'", text)
+    if m:
+        return f"{text.splitlines()[0]}{did_you_mean(m.group(1), configurables)}"
+    m = re.search(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'", text)
+    if m and m.group(1) in configurables:
+        known = _parameters(configurables[m.group(1)])
+        return (
+            f"{text.splitlines()[0]}{did_you_mean(m.group(2), known)}; "
+            f"its parameters: {', '.join(known)}"
+        )
+    m = re.search(r"has denylisted kwarg '([^']+)'", text)
+    if m:
+        macro = m.group(1).upper()
+        return f"{text.splitlines()[0]} (set it with its macro: --gin.{macro}=...)"
+    return " ".join(text.split())
+
+
+def _parameters(configurable: Any) -> list[str]:
+    denied = set(configurable.denylist or ())
+    params = inspect.signature(configurable.wrapped).parameters
+    return [p for p in params if p not in denied and p != "self"]
+
+
+def _macro_references(value: Any) -> set[str]:
+    """Names of the macros (``%NAME``) a bound value refers to, searched recursively."""
+    if isinstance(value, gin.config.ConfigurableReference):
+        selector = value.scoped_selector
+        return {selector.split("/")[0]} if selector.endswith("gin.macro") else set()
+    if isinstance(value, dict):
+        return set().union(*(_macro_references(v) for v in value.values()))
+    if isinstance(value, (list, tuple, set)):
+        return set().union(*(_macro_references(v) for v in value))
+    return set()
+
+
+def check_macros(read_by_command: Collection[str]) -> None:
+    """Every macro set in the parsed config is read by the command or used as ``%NAME``, and
+    every ``%NAME`` is set. A misspelt macro (``BATCH_SIZ``, ``INITIAL_CHECKPOINT``) would
+    otherwise be ignored silently; the error suggests the closest known name."""
+    defined, used = set(), set()
+    for (scope, selector), params in gin.config._CONFIG.items():
+        if selector == "gin.macro":
+            defined.add(scope)
+        used |= _macro_references(params)
+    known = set(read_by_command) | used
+    for name in sorted(defined - known):
+        raise GinConfigError(
+            f"gin macro {name} is set but nothing reads it{did_you_mean(name, known)}; "
+            f"the macros this command reads: {', '.join(sorted(read_by_command))}"
+        )
+    for name in sorted(used - defined):
+        raise GinConfigError(
+            f"gin macro %{name} is used but never set{did_you_mean(name, defined)}; "
+            f"set it with --gin.{name}=... or in a gin file"
+        )

@@ -48,7 +48,14 @@ import gin
 import jax
 
 from flan_moe import partitioning
-from flan_moe.cli.gin_flags import parse_gin, query_macro, split_gin_flags, write_operative_config
+from flan_moe.cli import validation
+from flan_moe.cli.gin_flags import (
+    check_macros,
+    parse_gin,
+    query_macro,
+    split_gin_flags,
+    write_operative_config,
+)
 from flan_moe.model.config import ModelConfig, get_config
 from flan_moe.models import LossConfig
 from flan_moe.training.loop import EXIT_STOPPED, TrainConfig, TrainResult, train
@@ -81,7 +88,10 @@ def _merge(base: dict, overrides: dict, *, where: str) -> dict:
     out = dict(base)
     for key, value in overrides.items():
         if key not in base:
-            raise ValueError(f"{where}: unknown model field {key!r}; known: {sorted(base)}")
+            raise validation.InputError(
+                f"{where}: unknown model field {key!r}{validation.did_you_mean(key, base)}; "
+                f"known: {sorted(base)}"
+            )
         if isinstance(value, dict) and isinstance(base[key], dict):
             out[key] = _merge(base[key], value, where=f"{where}.{key}")
         else:
@@ -113,7 +123,7 @@ def resolve_model_config(
         layer = dict(layer or {})
         if layer.get("moe") is not None and values.get("moe") is None:
             if label == "MODEL_OVERRIDES":
-                raise ValueError(f"{label} sets moe fields but model {name!r} is dense")
+                raise validation.InputError(f"{label} sets moe fields but model {name!r} is dense")
             log.info("dense model %r: skipping %s moe settings %s", name, label, layer["moe"])
             layer.pop("moe")
         values = _merge(values, layer, where=label)
@@ -130,13 +140,14 @@ def _iterator_factory(
     vocab_size: int,
     opened: list,
 ):
-    if name == SYNTHETIC_NAME:
+    if name == SYNTHETIC_NAME:  # every host makes the global batch and keeps its rows
         return lambda start: synthetic_batches(
-            batch_size=host_batch_size,
+            batch_size=host_batch_size * jax.process_count(),
             feature_lengths=feature_lengths,
             vocab_size=vocab_size,
-            seed=seed + jax.process_index(),
+            seed=seed,
             start_step=start,
+            shard=(jax.process_index(), jax.process_count()),
         )
 
     def factory(start: int):
@@ -169,34 +180,40 @@ def _vocab_size(spec: str) -> int:
 
 def run_from_gin() -> TrainResult:
     """Build everything from the parsed gin config and train."""
+    validation.check_train_macros(query_macro)
     model_dir = str(query_macro("MODEL_DIR"))
     train_steps = int(query_macro("TRAIN_STEPS"))
     name = str(query_macro("MIXTURE_OR_TASK_NAME"))
     feature_lengths = dict(query_macro("TASK_FEATURE_LENGTHS"))
     batch_size = int(query_macro("BATCH_SIZE"))
     initial = query_macro("INITIAL_CHECKPOINT_PATH", None)
-    model_config = resolve_model_config(
+    model_config = validation.build(
+        resolve_model_config,
         str(query_macro("MODEL_NAME")),
         query_macro("MODEL_OVERRIDES", None),
         query_macro("RUN_MODEL_OVERRIDES", None),
         initial_checkpoint=initial,
+        fix="fix MODEL_OVERRIDES / RUN_MODEL_OVERRIDES",
     )
-    train_config = GinTrainConfig(train_steps=train_steps, batch_size=batch_size)
-    optimizer_config = GinOptimizerConfig()
-    loss_config = GinLossConfig()
-    options = GinDataOptions()
-    mesh = gin_make_mesh()
+    train_config = validation.build(GinTrainConfig, train_steps=train_steps, batch_size=batch_size)
+    optimizer_config = validation.build(GinOptimizerConfig)
+    loss_config = validation.build(GinLossConfig)
+    options = validation.build(GinDataOptions)
+    mesh = validation.build(gin_make_mesh)
     write_operative_config(model_dir)
 
-    vocab_size = _vocab_size(options.vocabulary)
+    vocab_size = validation.build(_vocab_size, options.vocabulary, fix="fix DataOptions.vocabulary")
+    validation.check_mixture(name)
     if vocab_size > model_config.vocab_size:
-        raise ValueError(
+        raise validation.InputError(
             f"vocabulary {options.vocabulary!r} has {vocab_size} ids but model "
             f"{model_config.name!r} has vocab_size {model_config.vocab_size}; pick a model "
             "with a larger vocabulary or set MODEL_OVERRIDES={'vocab_size': ...}"
         )
     if batch_size % jax.process_count():
-        raise ValueError(f"BATCH_SIZE {batch_size} must divide over {jax.process_count()} hosts")
+        raise validation.InputError(
+            f"BATCH_SIZE {batch_size} must divide over {jax.process_count()} hosts"
+        )
     opened: list = []
     factory = _iterator_factory(
         name,
@@ -257,6 +274,8 @@ def _maybe_initialize_distributed(args: argparse.Namespace) -> None:
     if not args.multihost:
         return
     kwargs: dict[str, Any] = {}
+    # CPU hosts need a collectives backend for cross-process computations (no effect on GPU/TPU).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if args.coordinator_address:
         kwargs.update(
             coordinator_address=args.coordinator_address,
@@ -267,10 +286,25 @@ def _maybe_initialize_distributed(args: argparse.Namespace) -> None:
     log.info("process %d of %d", jax.process_index(), jax.process_count())
 
 
+GIN_FLAGS_HELP = """gin flags (anywhere on the command line):
+  --gin_file=PATH          a gin file; repeat it (a model file, then a run file)
+  --gin.NAME=VALUE         set a macro (--gin.BATCH_SIZE=8) or a parameter
+                           (--gin.OptimizerConfig.learning_rate=1e-3); a misspelt
+                           name is an error that suggests the closest one
+  --gin_bindings='X = 1'   a raw gin binding line (repeatable)
+  --gin_search_paths=DIRS  comma list of directories where gin files are found
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> TrainResult:
     """Parse flags (gin and multi-host), then train. Returns the run's result."""
     flags, rest = split_gin_flags(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m flan_moe.cli.train")
+    parser = argparse.ArgumentParser(
+        prog="python -m flan_moe.cli.train",
+        description=__doc__,  # the gin usage: flags, macros, configurables
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=GIN_FLAGS_HELP,
+    )
     parser.add_argument("--multihost", action="store_true", help="jax.distributed.initialize")
     parser.add_argument("--coordinator_address", default=None)
     parser.add_argument("--num_processes", type=int, default=None)
@@ -281,8 +315,9 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
     _log_to_stderr()
     _maybe_initialize_distributed(args)
     parse_gin(flags)
+    check_macros(validation.TRAIN_MACROS)
     return run_from_gin()
 
 
 if __name__ == "__main__":
-    sys.exit(EXIT_STOPPED if main().stopped else 0)
+    sys.exit(validation.run_cli(lambda argv: EXIT_STOPPED if main(argv).stopped else 0))

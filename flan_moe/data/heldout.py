@@ -60,11 +60,11 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
-import json
 import re
 from pathlib import Path
 
 from flan_moe.data import paths
+from flan_moe.data.malformed import read_json, read_jsonl, record_context
 from flan_moe.data.vocabularies import get_vocabulary
 
 SUITES: tuple[str, ...] = ("mmlu", "bbh", "gsm8k", "svamp")
@@ -270,6 +270,7 @@ def _load_mmlu(split, mode, shots, root, max_tokens, vocabulary) -> dict[str, li
 
 # ------------------------------------------------------------------------------------------ BBH
 
+BBH_LAYOUT = '{"examples": [{"input": ..., "target": ...}, ...]}'
 _ANSWER_RE = re.compile(r"So the answer is (.*)\.\s*$", re.DOTALL)
 
 
@@ -313,7 +314,8 @@ def _load_bbh(mode, shots, root, max_tokens, vocabulary) -> dict[str, list[EvalE
         description, exemplars = parse_bbh_cot_prompt(
             str(paths.data_file(f"bbh/cot-prompts/{stem}.txt", root=root))
         )
-        data = json.loads(paths.data_file(f"bbh/bbh/{stem}.json", root=root).read_text("utf-8"))
+        path = paths.data_file(f"bbh/bbh/{stem}.json", root=root)
+        data = read_json(path, expected=BBH_LAYOUT)
         if mode == "cot":
             shot_texts = [
                 f"Q: {s.question}\nA: {COT_TRIGGER} {s.rationale} So the answer is {s.answer}."
@@ -322,8 +324,12 @@ def _load_bbh(mode, shots, root, max_tokens, vocabulary) -> dict[str, list[EvalE
         else:
             shot_texts = [f"Q: {s.question}\nA: {s.answer}" for s in exemplars[:shots]]
         examples = []
-        for i, ex in enumerate(data["examples"]):
-            query = f"Q: {ex['input']}\nA:" + (f" {COT_TRIGGER}" if mode == "cot" else "")
+        with record_context(path, "(whole file)", expected=BBH_LAYOUT):
+            rows = list(data["examples"])
+        for i, ex in enumerate(rows):
+            with record_context(path, f"example {i}", expected=BBH_LAYOUT):
+                query = f"Q: {ex['input']}\nA:" + (f" {COT_TRIGGER}" if mode == "cot" else "")
+                str(ex["target"])  # a missing target is reported here, with its file
             examples.append(
                 EvalExample(
                     task="bbh",
@@ -349,10 +355,11 @@ def gsm8k_train_exemplars(k: int, *, data_dir: str | None = None) -> list[_Shot]
     path = paths.data_file("flan_cot/gsm8k_train.tsv", root=data_dir)
     shots = []
     with open(path, encoding="utf-8", newline="") as f:
-        for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+        for number, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
             if len(shots) == k:
                 break
-            q, a, r = (x.replace("\\n", "\n").strip() for x in row)
+            with record_context(path, f"row {number}", expected="question<TAB>answer<TAB>why"):
+                q, a, r = (x.replace("\\n", "\n").strip() for x in row)
             shots.append(_Shot(q, a, r))
     return shots
 
@@ -360,8 +367,7 @@ def gsm8k_train_exemplars(k: int, *, data_dir: str | None = None) -> list[_Shot]
 def _load_math(suite, mode, shots, root, max_tokens, vocabulary) -> dict[str, list[EvalExample]]:
     name = "gsm8k_test" if suite == "gsm8k" else "svamp"
     path = paths.data_file(f"flan_mini/heldout/{name}.jsonl", root=root)
-    with open(path, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = read_jsonl(path, expected='{"context": ..., "answer": ...}')
     if mode == "cot":
         shot_texts = [
             f"Q: {s.question}\nA: {s.rationale} So the answer is {s.answer}."
@@ -372,9 +378,10 @@ def _load_math(suite, mode, shots, root, max_tokens, vocabulary) -> dict[str, li
             f"Q: {s.question}\nA: {s.answer}" for s in gsm8k_train_exemplars(shots, data_dir=root)
         ]
     examples = []
-    for i, row in enumerate(rows):
-        answer = str(row["answer"]).strip()
-        query = f"Q: {row['context'].strip()}\nA:"
+    for i, (line, row) in enumerate(rows):
+        with record_context(path, f"line {line}", expected='{"context": str, "answer": ...}'):
+            answer = str(row["answer"]).strip()
+            query = f"Q: {row['context'].strip()}\nA:"
         if mode == "cot" and shots == 0:
             query += f" {COT_TRIGGER}"
         rationale = ""

@@ -20,13 +20,13 @@ import csv
 import dataclasses
 import functools
 import hashlib
-import json
 import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from flan_moe.data import paths
+from flan_moe.data.malformed import read_jsonl, record_context
 
 COT_DATASETS: tuple[str, ...] = (
     "aqua",
@@ -54,6 +54,11 @@ MINI_DATASETS: tuple[str, ...] = (
     "winogrande",
 )
 SPLITS: tuple[str, ...] = ("train", "validation")
+COT_LAYOUT = "question<TAB>answer<TAB>rationale"
+MINI_LAYOUT = (
+    '{"query", "choices", "gold"}, {"context", "continuation"|"answer"} or '
+    '{"context_options", "continuation", "gold"}'
+)
 VALIDATION_EVERY = 50
 
 
@@ -152,10 +157,7 @@ def _mini_record(dataset: str, idx: int, row: dict) -> Record:
 
 def _cot_record(dataset: str, idx: int, fields: Sequence[str]) -> Record:
     if len(fields) != 3:
-        raise ValueError(
-            f"flan_cot/{dataset}_train.tsv row {idx}: expected 3 tab-separated fields "
-            f"(question, answer, rationale), got {len(fields)}"
-        )
+        raise ValueError(f"{len(fields)} tab-separated fields, not 3")
     q, a, r = (f.replace("\\n", "\n").strip() for f in fields)
     return Record(dataset, f"flan_cot/{dataset}/{idx}", q, a, rationale=r)
 
@@ -192,13 +194,21 @@ def _parse_all(collection: str, dataset: str, root: str | None) -> tuple[Record,
     if collection == "flan_cot":
         path = paths.data_file(f"flan_cot/{dataset}_train.tsv", root=root)
         with open(path, encoding="utf-8", newline="") as f:
-            rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-            return tuple(_cot_record(dataset, i, r) for i, r in enumerate(rows) if r)
+            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        out = []
+        for i, row in enumerate(rows):
+            if row:
+                with record_context(path, f"row {i + 1}", expected=COT_LAYOUT):
+                    out.append(_cot_record(dataset, i, row))
+        return tuple(out)
     if collection == "flan_mini":
         path = paths.data_file(f"flan_mini/train/{dataset}.jsonl", root=root)
-        with open(path, encoding="utf-8") as f:
-            lines = [ln for ln in f if ln.strip()]
-        return tuple(_mini_record(dataset, i, json.loads(ln)) for i, ln in enumerate(lines))
+        rows = read_jsonl(path, expected=MINI_LAYOUT)
+        out = []
+        for i, (line, row) in enumerate(rows):
+            with record_context(path, f"line {line}", expected=MINI_LAYOUT):
+                out.append(_mini_record(dataset, i, row))
+        return tuple(out)
     raise ValueError(f"Unknown local collection {collection!r}: use 'flan_cot' or 'flan_mini'.")
 
 

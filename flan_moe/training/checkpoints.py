@@ -71,9 +71,19 @@ def _handlers() -> dict[str, ocp.CheckpointHandler]:
     }
 
 
+def _drop_read_only_note(record: logging.LogRecord) -> bool:
+    """orbax warns "Given directory is read only" for every read-only manager (each eval
+    load); opening read-only is our choice, not news, so that one message is dropped."""
+    return record.msg != "Given directory is read only=%s"
+
+
+logging.getLogger("absl").addFilter(_drop_read_only_note)
+
+
 def _manager(directory: str, *, keep: int | None = None, read_only: bool = False):
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep,
+        max_to_keep=None if read_only else keep,
+        save_interval_steps=0 if read_only else 1,  # read-only: orbax warns unless 0
         step_prefix=STEP_PREFIX,
         create=not read_only,
         read_only=read_only,

@@ -370,6 +370,8 @@ def _train_locked(
         result.last_checkpoint = last_checkpoint
         log.debug("saving checkpoint at step %d -> %s", step, last_checkpoint)
 
+    if start < end:
+        log.info("compiling the train step (the first step includes compilation)...")
     try:
         with stop.installed():
             step = start

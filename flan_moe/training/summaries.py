@@ -36,6 +36,12 @@ def flatten_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def _process_index() -> int:
+    import jax  # here so that summaries.py stays importable without initialising JAX
+
+    return jax.process_index()
+
+
 def drop_metrics_after(path: str, step: int) -> int:
     """Remove the lines of a ``metrics.jsonl`` logged after ``step``; returns how many.
 
@@ -68,11 +74,14 @@ class SummaryWriter:
         self, model_dir: str, *, subdir: str = "train", resume_step: int | None = None
     ) -> None:
         self.directory = os.path.join(model_dir, subdir)
+        self._events = None
+        if _process_index() != 0:  # multi-host: the first host writes, the others discard
+            self._jsonl = open(os.devnull, "a")  # noqa: SIM115
+            return
         os.makedirs(self.directory, exist_ok=True)
         if resume_step is not None:
             drop_metrics_after(os.path.join(self.directory, "metrics.jsonl"), resume_step)
         self._jsonl = open(os.path.join(self.directory, "metrics.jsonl"), "a")  # noqa: SIM115
-        self._events = None
         try:
             from tensorboard.compat.proto.event_pb2 import Event
             from tensorboard.summary.writer.record_writer import RecordWriter

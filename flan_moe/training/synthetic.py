@@ -60,11 +60,21 @@ def synthetic_batches(
     seed: int = 0,
     start_step: int = 0,
     full_length: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[dict[str, np.ndarray]]:
-    """An endless, resumable stream of synthetic batches starting at ``start_step``."""
+    """An endless, resumable stream of synthetic batches starting at ``start_step``.
+
+    ``shard=(i, n)`` keeps rows ``[i * batch_size / n, (i + 1) * batch_size / n)`` of each
+    global batch of ``batch_size`` rows (host ``i`` of ``n``), so a multi-host run sees the
+    same global batches as a single-host run.
+    """
+    index, count = shard
+    if batch_size % count or not 0 <= index < count:
+        raise ValueError(f"shard {shard} does not split a batch of {batch_size} rows evenly")
+    rows = slice(index * batch_size // count, (index + 1) * batch_size // count)
     step = start_step
     while True:
-        yield synthetic_batch(
+        batch = synthetic_batch(
             step=step,
             batch_size=batch_size,
             feature_lengths=feature_lengths,
@@ -72,4 +82,5 @@ def synthetic_batches(
             seed=seed,
             full_length=full_length,
         )
+        yield {name: value[rows] for name, value in batch.items()}
         step += 1

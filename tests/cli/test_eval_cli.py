@@ -137,7 +137,7 @@ def test_shots_are_capped_per_suite_and_bad_flags_are_named(tmp_path, data_root,
         ["--suites=mmlu,bbh", "--shots=5", "--baseline=random"]
     )
     assert eval_cli.plan(args) == [("mmlu", "direct", 5, 5), ("bbh", "direct", 5, 3)]
-    with pytest.raises(SystemExit, match="unknown suite"):
+    with pytest.raises(ValueError, match="unknown suite"):  # validation.InputError
         eval_cli.main(["--baseline=random", f"--output_dir={tmp_path}", "--suites=mmlu,xyz"])
     with pytest.raises(SystemExit, match="mode=direct"):
         eval_cli.main(

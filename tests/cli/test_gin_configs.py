@@ -6,7 +6,8 @@ import pytest
 
 from flan_moe.cli import experiment as experiment_cli
 from flan_moe.cli import train as train_cli
-from flan_moe.cli.gin_flags import GinFlags, parse_gin, query_macro
+from flan_moe.cli.gin_flags import GinFlags, check_macros, parse_gin, query_macro
+from flan_moe.cli.validation import TRAIN_MACROS
 from flan_moe.experiments import settings
 from flan_moe.model.config import SIZES
 from flan_moe.model.flops import model_cost
@@ -29,6 +30,7 @@ def test_model_and_run_files_parse_and_build(model_file, run_file):
     _header_ok(run_file)
     parse_gin(GinFlags(gin_files=[str(model_file), str(run_file)],
                        bindings=["MODEL_DIR = '/tmp/unused'", "TRAIN_STEPS = 1"]))  # fmt: skip
+    check_macros(TRAIN_MACROS)  # every macro a shipped file sets is read by the command
     name = query_macro("MODEL_NAME")
     assert name in SIZES
     config = train_cli.resolve_model_config(
