@@ -58,7 +58,9 @@ def _from_gin(path: Path) -> tuple[str, str | None, dict[str, str]]:
 
     gin.clear_config()
     gin.parse_config_file(str(path))
-    check_macros(("EXPERIMENT", "SCALE", "MODELS"))
+    roles = {role for scale in settings.SCALES.values() for role in scale.models}
+    starting_points = ["VOCABULARY", *(settings.pretrained_macro(r) for r in sorted(roles))]
+    check_macros(("EXPERIMENT", "SCALE", "MODELS", *starting_points))
 
     def macro(name: str, default=None):
         try:
