@@ -217,7 +217,11 @@ def grade_examples(
                 f"no answer format known for suite {example.task!r}; pass answer_format "
                 f"(one of 'exact', 'choice', 'number')"
             )
-        choices = tuple(getattr(example, "choices", ()) or getattr(example, "options", ()))
+        choices = tuple(
+            getattr(example, "choices", ())
+            or getattr(example, "options", ())
+            or getattr(example, "option_texts", ())  # BBH: for strict grading
+        )
         graded = metrics.grade_output(
             output, answer=example.answer, answer_format=fmt, choices=choices, cot=cot
         )
