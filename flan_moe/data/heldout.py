@@ -468,6 +468,36 @@ def _load_math(suite, mode, shots, root, max_tokens, vocabulary) -> dict[str, li
     return {suite: examples}
 
 
+def reference_answers(suite: str, mode: str, *, data_dir: str | None = None) -> list[str]:
+    """The answers a model is expected to write, to size the decode length: in CoT mode the
+    exemplars' whole answers (reasoning + "The answer is (X)." / "So the answer is X."); in
+    direct mode the exemplar answers and every gold answer (a cap shorter than the gold answer
+    would make it impossible to get right)."""
+    _check(suite, mode, 0)
+    root = str(paths.data_dir(data_dir))
+    if suite == "mmlu":
+        if mode == "direct":
+            return list(MMLU_LETTERS)
+        blocks = [b for _, shots in mmlu_cot_prompts(root).values() for b in shots]
+        return [b.split(f"\nA: {COT_TRIGGER}", 1)[-1].strip() for b in blocks]
+    if suite == "bbh":
+        out = []
+        for stem in BBH_FILES:
+            _, shots = parse_bbh_cot_prompt(
+                str(paths.data_file(f"bbh/cot-prompts/{stem}.txt", root=root))
+            )
+            if mode == "cot":
+                out += [f"{s.rationale} So the answer is {s.answer}." for s in shots]
+            else:
+                data = json.loads(paths.data_file(f"bbh/bbh/{stem}.json", root=root).read_text())
+                out += [s.answer for s in shots] + [ex["target"] for ex in data["examples"]]
+        return out
+    shots = gsm8k_train_exemplars(MAX_SHOTS[suite], data_dir=root)
+    if mode == "cot":
+        return [f"{s.rationale} So the answer is {s.answer}." for s in shots]
+    return [s.answer for s in shots]
+
+
 def load_suite(
     suite: str,
     *,

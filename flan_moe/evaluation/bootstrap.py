@@ -113,9 +113,7 @@ def _component_samples(
     arrays = _arrays(component.outcomes)
     sizes = {n: a.size for n, a in arrays.items()}
     point = {n: a.mean() for n, a in arrays.items()}
-    samples = {
-        n: a[_draws(n, a.size, num_samples, seed)].mean(axis=1) for n, a in arrays.items()
-    }
+    samples = {n: a[_draws(n, a.size, num_samples, seed)].mean(axis=1) for n, a in arrays.items()}
     stat = component.statistic
     return (
         float(_combine(stat, point, sizes, component.groups)),

@@ -61,6 +61,7 @@ def _args(model_dir: Path, data_root: Path, *extra: str) -> list[str]:
         "--shots=0",
         "--subsample=1",
         "--batch_size=32",
+        "--max_decode_length=2",
         f"--data_dir={data_root}",
         "--no_progress",
         *extra,
