@@ -91,7 +91,7 @@ def _draws(name: str, size: int, num_samples: int, seed: int) -> np.ndarray:
     return rng.integers(0, size, size=(num_samples, size))
 
 
-def _combine(
+def combine(
     statistic: str, per_subtask: Mapping[str, np.ndarray], sizes: Mapping[str, int], groups
 ) -> np.ndarray:
     """Statistic over subtasks of per-subtask accuracies (arrays of any common shape)."""
@@ -116,8 +116,8 @@ def _component_samples(
     samples = {n: a[_draws(n, a.size, num_samples, seed)].mean(axis=1) for n, a in arrays.items()}
     stat = component.statistic
     return (
-        float(_combine(stat, point, sizes, component.groups)),
-        _combine(stat, samples, sizes, component.groups),
+        float(combine(stat, point, sizes, component.groups)),
+        combine(stat, samples, sizes, component.groups),
     )
 
 

@@ -116,4 +116,6 @@ def test_report_renders_with_figures(tmp_path, runs, name):
         assert png.exists() and png.stat().st_size > 1000
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((out / "tables.json").read_text())
-    assert saved["held-out"]["A"]["MMLU-Direct"] == pytest.approx(25.0)
+    assert saved["held-out [MMLU val split; all examples]"]["A"]["MMLU-Direct"] == pytest.approx(
+        25.0
+    )
