@@ -266,6 +266,22 @@ def paired_cells(
     return out
 
 
+def stated_differences(runs: Sequence[Run]) -> list[tuple[Run, Run]]:
+    """The differences a report states: each instruction-tuned run vs itself before
+    instruction tuning (``untuned_of``), and MoE vs dense at the same data fraction."""
+    pairs = []
+    for run in runs:
+        before = next((r for r in runs if r.attributes.get("untuned_of") == run.label), None)
+        if before is not None:
+            pairs.append((run, before))
+    tuned = [r for r in runs if "untuned_of" not in r.attributes]
+    for moe in (r for r in tuned if r.attributes.get("family") == "moe"):
+        for dense in (r for r in tuned if r.attributes.get("family") == "dense"):
+            if moe.attributes.get("data_fraction") == dense.attributes.get("data_fraction"):
+                pairs.append((moe, dense))
+    return pairs
+
+
 def differences_table(
     pairs: Sequence[tuple[Run, Run]],
     *,

@@ -146,3 +146,51 @@ def test_shots_are_capped_per_suite_and_bad_flags_are_named(tmp_path, data_root,
         )
     with pytest.raises(SystemExit, match="no complete checkpoint"):
         eval_cli.main([f"--checkpoint_dir={tmp_path}"])
+
+
+def test_val_and_test_splits_are_separate_entries(tmp_path, data_root, capsys):
+    """--split=val then --split=test into one folder: two entries (n=1531 and n=14042), two
+    prediction files; the test run neither skips nor returns the val numbers."""
+    common = ["--baseline=constant", f"--output_dir={tmp_path}", "--suites=mmlu",
+              f"--data_dir={data_root}", "--no_progress"]  # fmt: skip
+    assert eval_cli.main([*common, "--split=val"]) == 0
+    assert eval_cli.main([*common, "--split=test"]) == 0
+    entries = results.read_results(tmp_path / "results.json")
+    by_split = {e.split: e for e in entries}
+    assert sorted(by_split) == ["test", "val"]
+    assert by_split["val"].summary["num_examples"] == 1531
+    assert by_split["test"].summary["num_examples"] == 14042
+    assert by_split["val"].predictions_file != by_split["test"].predictions_file
+    for entry in entries:
+        assert (tmp_path / entry.predictions_file).exists()
+        low_high = entry.metadata["intervals"]["macro"]
+        assert low_high[1] <= entry.summary["macro_avg"] <= low_high[2]
+    # a second --split=test run skips: it is already there
+    capsys.readouterr()
+    assert eval_cli.main([*common, "--split=test"]) == 0
+    assert "skip baseline mmlu test" in capsys.readouterr().out
+
+
+def test_old_results_without_split_are_read_as_val(tmp_path, capsys):
+    entry = results.make_entry(checkpoint="c", suite="mmlu", mode="direct", shots=0,
+                               method="generation", subtasks={"anatomy": results.SubtaskResult(1, 2)})  # fmt: skip
+    data = {"schema_version": 1, "entries": [{**entry.to_json(), "split": None}]}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(data))
+    (read,) = results.read_results(path)
+    assert read.split == "val" and read.key.split == "val"
+    assert "reading them as split 'val'" in capsys.readouterr().err
+
+
+def test_sweep_writes_eval_scalars_for_tensorboard(model_dir, data_root, tmp_path):
+    out = tmp_path / "sweep"
+    assert eval_cli.main(_args(model_dir, data_root, f"--output_dir={out}")) == 0
+    lines = [json.loads(x) for x in (out / "eval" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2]
+    entries = {e.checkpoint: e for e in results.read_results(out / "results.json")}
+    tag = "bbh/direct_0shot_generation_sub1"
+    for line in lines:
+        entry = entries[f"checkpoint_{line['step']}"]
+        assert line[f"{tag}/macro"] == pytest.approx(100 * entry.summary["macro_avg"])
+        assert line[f"{tag}/bbh23"] == pytest.approx(100 * entry.summary["macro_avg_tasks"])
+    assert list((out / "eval").glob("events.out.tfevents.*"))
