@@ -172,8 +172,9 @@ def test_val_and_test_splits_are_separate_entries(tmp_path, data_root, capsys):
 
 
 def test_old_results_without_split_are_read_as_val(tmp_path, capsys):
+    subtasks = {"anatomy": results.SubtaskResult(1, 2)}
     entry = results.make_entry(checkpoint="c", suite="mmlu", mode="direct", shots=0,
-                               method="generation", subtasks={"anatomy": results.SubtaskResult(1, 2)})  # fmt: skip
+                               method="generation", subtasks=subtasks)  # fmt: skip
     data = {"schema_version": 1, "entries": [{**entry.to_json(), "split": None}]}
     path = tmp_path / "results.json"
     path.write_text(json.dumps(data))
@@ -194,3 +195,66 @@ def test_sweep_writes_eval_scalars_for_tensorboard(model_dir, data_root, tmp_pat
         assert line[f"{tag}/macro"] == pytest.approx(100 * entry.summary["macro_avg"])
         assert line[f"{tag}/bbh23"] == pytest.approx(100 * entry.summary["macro_avg_tasks"])
     assert list((out / "eval").glob("events.out.tfevents.*"))
+
+
+def _hf_t5_folder(path: Path, data_root: Path) -> Path:
+    """A random-weight HF T5 v1.1 folder (untied head) with a small SentencePiece vocabulary."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    spm = pytest.importorskip("sentencepiece")
+    path.mkdir()
+    lines = [
+        ex["input"]
+        for name in ("boolean_expressions", "navigate", "web_of_lies")
+        for ex in json.loads((data_root / f"bbh/bbh/{name}.json").read_text())["examples"]
+    ]
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_prefix=str(path / "spiece"), vocab_size=120,
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1, hard_vocab_limit=False,
+        minloglevel=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    config = transformers.T5Config(
+        vocab_size=128, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )  # fmt: skip
+    model = transformers.T5ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+        model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight))
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.mark.slow  # torch + transformers + a SentencePiece training: ~30 s on 2 busy cores
+def test_hugging_face_folder_is_evaluated_with_its_vocabulary(tmp_path, data_root):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    folder = _hf_t5_folder(tmp_path / "t5", data_root)
+    out = tmp_path / "out"
+    argv = [f"--hf_model_dir={folder}", f"--output_dir={out}", "--suites=bbh", "--mode=direct",
+            "--shots=0", "--subsample=1", "--max_decode_length=4", "--max_input_length=128",
+            "--batch_size=32",
+            f"--data_dir={data_root}", "--no_progress"]  # fmt: skip
+    assert eval_cli.main(argv) == 0
+    (entry,) = results.read_results(out / "results.json")
+    assert entry.checkpoint == "hf_t5" and entry.summary["num_examples"] == 27
+    assert entry.metadata["vocabulary"] == str(folder / "spiece.model")
+    # Our greedy output equals Hugging Face's greedy generation on the same token ids.
+    from flan_moe.data import heldout
+    from flan_moe.data.vocabularies import get_vocabulary
+
+    vocab = get_vocabulary(str(folder / "spiece.model"))
+    record = next(
+        r for r in results.read_predictions_jsonl(out / entry.predictions_file)
+        if r.task == "boolean_expressions"
+    )  # fmt: skip
+    example = heldout.load_suite("bbh", mode="direct", shots=0, data_dir=str(data_root))[
+        "boolean_expressions"
+    ][0]
+    ids = torch.tensor([(vocab.encode(example.inputs) + [1])[-128:]])  # cut from the left
+    hf = transformers.T5ForConditionalGeneration.from_pretrained(folder).eval()
+    generated = hf.generate(ids, max_new_tokens=4, do_sample=False, num_beams=1)
+    assert record.output == vocab.decode(generated[0, 1:].tolist())

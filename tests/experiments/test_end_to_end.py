@@ -112,11 +112,12 @@ def test_report_shows_uncertainty_references_and_effective_shots(finished):
     differences = [t for t in tables if t.startswith("Differences")]
     assert differences
     for title in differences:
+        section = md.split(f"**{title}**", 1)[1].split("\n**", 1)[0]
         for label, row in tables[title].items():
-            for column, value in row.items():
+            line = next(x for x in section.splitlines() if x.startswith(f"| {label} |"))
+            cells = line.strip("| ").split(" | ")[1:]
+            for column, cell in zip(row, cells):
                 low, high = intervals[title][label][column]
-                if low <= 0 <= high:
-                    line = next(x for x in md.splitlines() if x.startswith(f"| {label} |"))
-                    assert "not significant" in line
+                assert ("not significant" in cell) is (low <= 0 <= high), (column, cell)
     assert "not significant" in md
     assert "ranked" in md  # MMLU direct is rank classification, labelled as such
