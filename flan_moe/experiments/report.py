@@ -203,6 +203,17 @@ def _methods_note(cells: Mapping[str, Mapping[str, Cell]], columns: Columns) -> 
     return ("Methods: " + "; ".join(parts) + ".") if parts else ""
 
 
+def _cap_note(cells: Mapping[str, Mapping[str, Cell]]) -> str:
+    """Generations that hit the decode length cap (their answers may be cut off)."""
+    parts = [
+        f"{label} {column} {cell.at_cap[0]}/{cell.at_cap[1]}"
+        for label, row in cells.items()
+        for column, cell in row.items()
+        if cell.at_cap is not None and cell.at_cap[0] > 0
+    ]
+    return ("Generations that hit the decode cap: " + ", ".join(parts) + ".") if parts else ""
+
+
 def _with_references(
     rows: list, cells: dict, columns: Columns, header: tuple[str, ...], selection: Selection
 ) -> str:
@@ -235,7 +246,7 @@ def results_table(
             run.results_files, columns, shots=shots, selection=selection, method=method
         )
         rows.append((run.label, tuple(cells[run.label][c].value for c in header[1:])))
-    notes = [SCORE_NOTE, _methods_note(cells, columns)]
+    notes = [SCORE_NOTE, _methods_note(cells, columns), _cap_note(cells)]
     if references:
         notes.append(_with_references(rows, cells, columns, header, selection))
     note = " ".join(n for n in notes if n)

@@ -61,6 +61,7 @@ class Cell:
     shots: tuple[float, int] | None = None
     significant: bool | None = None
     method: str = ""
+    at_cap: tuple[int, int] | None = None  # (generations that hit the decode cap, generations)
 
 
 def used_shots(family: str, shots: int) -> int:
@@ -133,7 +134,9 @@ def entry_cell(entry: results_lib.EvalEntry | None, family: str) -> Cell:
     interval = _pct_interval(bootstrap.interval([comp])) if comp is not None else None
     eff = (entry.metadata.get("effective_shots") or {}).get("mean")
     shots = (float(eff), entry.shots) if eff is not None and entry.shots > 0 else None
-    return Cell(entry_score(entry), interval, shots, method=entry.method)
+    cap = entry.metadata.get("decode_cap") or {}
+    at_cap = (int(cap["hit"]), int(cap["generated"])) if "hit" in cap else None
+    return Cell(entry_score(entry), interval, shots, method=entry.method, at_cap=at_cap)
 
 
 def average_cell(cells: Sequence[Cell], components: Sequence[Any]) -> Cell:
