@@ -123,8 +123,10 @@ def test_report_renders_with_figures(tmp_path, runs, name):
 
 def _entry_with_outcomes(suite, mode, bits_by_subtask, subsample=4):
     subtasks = {s: R.SubtaskResult(b.count("1"), len(b)) for s, b in bits_by_subtask.items()}
-    return R.make_entry(checkpoint="c", suite=suite, mode=mode, shots=0, method="generation",
-                        subtasks=subtasks, subsample=subsample, outcomes=bits_by_subtask)  # fmt: skip
+    return R.make_entry(
+        checkpoint="c", suite=suite, mode=mode, shots=0, method="generation",
+        subtasks=subtasks, subsample=subsample, outcomes=bits_by_subtask,
+    )  # fmt: skip
 
 
 def test_intervals_references_and_significance(tmp_path, data_dir):
