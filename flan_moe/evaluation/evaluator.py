@@ -15,6 +15,12 @@ predictors of `flan_moe.evaluation.baselines`). `evaluate` runs either through t
    GSM8K/SVAMP, "So the answer is X." extraction in CoT mode) and tally per subtask;
 5. return a results entry (`results.make_entry`) and the per-example prediction records.
 
+Each entry's metadata also holds ``effective_shots`` (the distribution of exemplars kept),
+``intervals`` (95% bootstrap intervals, `flan_moe.evaluation.bootstrap`) and, for a model's
+generations, ``decode_cap`` (how many outputs hit ``max_decode_len``; generation ends at EOS
+or at a stop sequence, `ModelPredictor.set_decode`). `default_max_decode_len` sizes the cap
+per suite and mode from the reference answers.
+
 Nothing is cut silently: ``metadata["truncation"]`` counts the prompts that lost exemplars to
 fit ``max_input_tokens`` and the prompts still too long after that, which the model predictor
 cuts from the LEFT at the token level (the question's end and the "Answer:" cue stay).
