@@ -8,6 +8,11 @@ of their files). A bootstrap sample redraws, *within each subtask*, as many ques
 and 97.5th percentiles of the statistic over ``num_samples`` samples, drawn with a fixed seed
 (the same inputs always give the same interval).
 
+Subtasks with a single question (``--subsample=1``) have no within-subtask variance to
+resample (every resample equals the data, a zero-width interval that says nothing): they are
+resampled together as one stratum instead, each such subtask's one question drawn from the
+pool of all single-question subtasks of the component.
+
 A *cell* may combine several scores (the report's "Average" column is the mean of four
 suites' scores): `interval` takes a list of components and averages them per sample, each
 component resampled independently.
@@ -113,7 +118,16 @@ def _component_samples(
     arrays = _arrays(component.outcomes)
     sizes = {n: a.size for n, a in arrays.items()}
     point = {n: a.mean() for n, a in arrays.items()}
-    samples = {n: a[_draws(n, a.size, num_samples, seed)].mean(axis=1) for n, a in arrays.items()}
+    samples = {
+        n: a[_draws(n, a.size, num_samples, seed)].mean(axis=1)
+        for n, a in arrays.items()
+        if a.size > 1
+    }
+    singles = sorted(n for n, a in arrays.items() if a.size == 1)
+    if singles:  # one stratum for the single-question subtasks (module docstring)
+        pool = np.concatenate([arrays[n] for n in singles])
+        draws = _draws("__single_question_subtasks__", pool.size, num_samples, seed)
+        samples.update({n: pool[draws[:, i]] for i, n in enumerate(singles)})
     stat = component.statistic
     return (
         float(combine(stat, point, sizes, component.groups)),

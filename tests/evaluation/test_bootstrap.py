@@ -87,3 +87,14 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="statistic"):
         Component({"x": [1]}, "median")
     assert bootstrap.outcomes_from_bits({"x": "0110"})["x"].tolist() == [0, 1, 1, 0]
+
+
+def test_single_question_subtasks_are_pooled():
+    # Four subtasks of one question each (1, 0, 0, 0): resampled as one stratum, macro =
+    # Binomial(4, 1/4) / 4: P(0) = 0.316 > 0.025 -> low 0; P(<= 2/4) = 0.949 < 0.975 and
+    # P(<= 3/4) = 0.996 -> high 0.75. (Within each subtask alone it would be [0.25, 0.25].)
+    outcomes = {"a": [1], "b": [0], "c": [0], "d": [0]}
+    found = bootstrap.interval([Component(outcomes, "macro")], num_samples=4000)
+    assert (found.value, found.low, found.high) == pytest.approx((0.25, 0.0, 0.75))
+    same = bootstrap.paired_difference([Component(outcomes)], [Component(outcomes)])
+    assert (same.low, same.high) == (0.0, 0.0)
