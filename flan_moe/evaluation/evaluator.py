@@ -473,20 +473,9 @@ def evaluate(
     tallied = results.tally(records)
     for subtask in chosen:  # a subtask with no examples stays visible, as 0/0
         tallied.setdefault(subtask, results.SubtaskResult(0, 0))
-    seconds = time.perf_counter() - started
-    cut = sum(1 for e in extras if e.get("cut_tokens", 0) > 0)
-    meta: dict[str, Any] = {
-        "predictor": predictor.name,
-        "num_examples": len(examples),
-        "seconds": round(seconds, 3),
-        "examples_per_second": round(len(examples) / seconds, 3) if seconds > 0 else None,
-        "truncation": {
-            "max_input_tokens": max_input_tokens,
-            "prompts_with_exemplars_dropped": dropped,
-            "prompts_truncated_left": cut,
-            "tokens_truncated_left": sum(e.get("cut_tokens", 0) for e in extras),
-        },
-    }
+    meta = _run_metadata(predictor, examples, extras, time.perf_counter() - started)
+    meta["truncation"]["max_input_tokens"] = max_input_tokens
+    meta["truncation"]["prompts_with_exemplars_dropped"] = dropped
     meta["effective_shots"] = effective_shots(examples, shots)
     if isinstance(predictor, ModelPredictor):
         meta["batch_size"] = predictor.batch_size
@@ -510,6 +499,22 @@ def evaluate(
         outcomes=outcomes,
     )
     return EvalResult(entry, records)
+
+
+def _run_metadata(
+    predictor: EvalPredictor, examples: Sequence[Any], extras: Sequence[Mapping], seconds: float
+) -> dict[str, Any]:
+    """Timing and left-truncation counts of one evaluation."""
+    return {
+        "predictor": predictor.name,
+        "num_examples": len(examples),
+        "seconds": round(seconds, 3),
+        "examples_per_second": round(len(examples) / seconds, 3) if seconds > 0 else None,
+        "truncation": {
+            "prompts_truncated_left": sum(1 for e in extras if e.get("cut_tokens", 0) > 0),
+            "tokens_truncated_left": sum(e.get("cut_tokens", 0) for e in extras),
+        },
+    }
 
 
 def effective_shots(examples: Sequence[Any], requested: int) -> dict[str, Any]:
