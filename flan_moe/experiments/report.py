@@ -219,7 +219,7 @@ def _with_references(
 ) -> str:
     """Appends the chance and constant-answer rows; returns a note when they cannot be made."""
     try:
-        refs = scores.reference_cells(columns, selection)
+        refs = scores.reference_cells(tuple(columns), selection)
     except (OSError, ValueError) as err:  # no data here: say so under the table
         return f"Reference rows unavailable: {err}"
     for label in REFERENCE_ROWS:

@@ -203,10 +203,8 @@ def _num_options(example: Any, answer_set: Sequence[str]) -> int:
 
 def chance_cell(family: str, mode: str, selection: Selection) -> Cell:
     """Expected score of a uniform guess among each question's options (module docstring)."""
-    from flan_moe.evaluation import scoring
-
     examples = _examples(family, mode, selection.split, selection.subsample)
-    sets = scoring.answer_sets(examples)
+    sets = {name: sorted({ex.answer for ex in exs}) for name, exs in examples.items()}
     per_subtask, sizes = {}, {}
     for name, exs in examples.items():
         if exs:
@@ -234,10 +232,12 @@ def constant_cell(family: str, mode: str, selection: Selection) -> tuple[Cell, A
     return Cell(entry_score(entry), interval, method=entry.method), comp
 
 
+@functools.lru_cache(maxsize=32)
 def reference_cells(
-    columns: Sequence[tuple[tuple[str, str], str]], selection: Selection
+    columns: tuple[tuple[tuple[str, str], str], ...], selection: Selection
 ) -> dict[str, dict[str, Cell]]:
-    """{"chance": {column: Cell}, "constant answer": {...}} with their "Average" columns."""
+    """{"chance": {column: Cell}, "constant answer": {...}} with their "Average" columns
+    (computed once per columns and selection; treat the result as read-only)."""
     chance: dict[str, Cell] = {}
     constant: dict[str, Cell] = {}
     comps = []
