@@ -204,7 +204,8 @@ def _num_options(example: Any, answer_set: Sequence[str]) -> int:
 def chance_cell(family: str, mode: str, selection: Selection) -> Cell:
     """Expected score of a uniform guess among each question's options (module docstring)."""
     examples = _examples(family, mode, selection.split, selection.subsample)
-    sets = {name: sorted({ex.answer for ex in exs}) for name, exs in examples.items()}
+    every = _examples(family, mode, selection.split, None)  # a subtask's answer set: all of it
+    sets = {name: sorted({ex.answer for ex in exs}) for name, exs in every.items()}
     per_subtask, sizes = {}, {}
     for name, exs in examples.items():
         if exs:

@@ -162,3 +162,24 @@ def test_intervals_references_and_significance(tmp_path, data_dir):
     same = next(x for x in lines if x.startswith("| weak − weak2 |"))
     assert "+50.0 [" in significant and report.NOT_SIGNIFICANT not in significant
     assert "+0.0 [+0.0, +0.0] (not significant)" in same
+
+
+def test_chance_uses_each_subtasks_whole_answer_set(data_dir):
+    # boolean_expressions: True/False -> 1/2 even when one example is selected; dyck_languages
+    # is free-form -> 0; date_understanding lists its options -> 1/#options.
+    from flan_moe.experiments import scores
+
+    cell = scores.chance_cell("bbh", "direct", report.Selection(subsample=1))
+    examples = scores._examples("bbh", "direct", "val", 1)
+    per_task = {}
+    for name, (ex,) in examples.items():
+        if ex.option_texts:
+            value = 1 / len(ex.option_texts)
+        elif name in ("boolean_expressions", "causal_judgement", "formal_fallacies",
+                      "navigate", "sports_understanding", "web_of_lies"):  # fmt: skip
+            value = 1 / 2  # two answers in the whole file (True/False, Yes/No, valid/invalid)
+        else:
+            value = 0.0  # free-form: dyck, word_sorting, arithmetic, counting
+        per_task.setdefault(R.bbh_task_of(name), []).append(value)
+    expected = 100 * sum(sum(v) / len(v) for v in per_task.values()) / len(per_task)
+    assert cell.value == pytest.approx(expected)
