@@ -107,6 +107,26 @@ class DecodeConfig:
             raise ValueError(f"length-penalty alpha must be >= 0, got {self.alpha}")
 
 
+#: Where a few-shot answer ends: the separator before the next exemplar ("\n\nQ:" in the
+#: BBH/GSM8K/MMLU-CoT prompts; a blank line ends a direct MMLU answer). EOS also ends one.
+STOP_SEQUENCES: dict[str, tuple[str, ...]] = {
+    "cot": ("\n\nQ:",),
+    "direct": ("\n\nQ:", "\n\n"),
+}
+
+
+def cut_at_stop(text: str, stop_sequences: tuple[str, ...] | list[str]) -> tuple[str, bool]:
+    """(text before the earliest stop sequence, whether one was found).
+
+    Applied to each decoded output: greedy/beam/sampled tokens after a stop sequence cannot
+    change the tokens before it, so cutting the text equals stopping generation there (only
+    the compute spent past it is wasted). Example: ``cut_at_stop("(A)\n\nQ: next", ("\n\nQ:",))``
+    -> ``("(A)", True)``.
+    """
+    cuts = [i for i in (text.find(s) for s in stop_sequences if s) if i >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
 def length_penalty(length: Array | int, alpha: float) -> Array:
     """GNMT length penalty ((5 + length) / 6) ** alpha."""
     return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha

@@ -284,3 +284,14 @@ def test_beam_size_one_equals_greedy_on_tiny_model(tiny):
     )
     beam = decoding.make_generate_fn(model, config=beam_cfg, eos_id=EOS)(params, enc, key)
     np.testing.assert_array_equal(np.asarray(beam[0]), np.asarray(greedy[0]))
+
+
+def test_cut_at_stop_sequences():
+    from flan_moe.decoding import STOP_SEQUENCES, cut_at_stop
+
+    assert cut_at_stop("(A)\n\nQ: next question", STOP_SEQUENCES["cot"]) == ("(A)", True)
+    text = "Let's see.\n\nSo the answer is (B).\n\nQ: x\nA: So the answer is (C)."
+    assert cut_at_stop(text, STOP_SEQUENCES["cot"]) == (text.split("\n\nQ:")[0], True)
+    assert cut_at_stop("B\n\nThe following", STOP_SEQUENCES["direct"]) == ("B", True)
+    assert cut_at_stop("no stop here", STOP_SEQUENCES["cot"]) == ("no stop here", False)
+    assert cut_at_stop("a\n\nQ:b", ()) == ("a\n\nQ:b", False)

@@ -17,11 +17,25 @@ Examples::
     # model-free baselines through the same path (no checkpoint needed)
     python -m flan_moe.cli.eval --baseline=random --output_dir=/tmp/baselines --suites=mmlu,bbh
 
+    # the paper's protocols (MMLU direct ranked over A-D, everything else generated and
+    # exact-matched), MMLU test split, on a Hugging Face T5 / Flan-T5 / Switch folder
+    python -m flan_moe.cli.eval --hf_model_dir=/models/flan-t5-small --output_dir=/tmp/ft5 \\
+        --suites=mmlu,bbh --mode=direct,cot --shots=5 --method=paper --split=test
+
 ``--checkpoint_dir`` is a MODEL_DIR (every complete ``checkpoint_<step>``; ``--latest_only``
 or ``--steps`` narrow it) or one checkpoint directory. Results go to
 ``<output_dir>/results.json`` (default output_dir: the MODEL_DIR holding the checkpoints), one
-entry per (checkpoint, suite, mode, shots, method, subsample); per-example predictions go to
-``<output_dir>/predictions/<checkpoint>/<suite>.<mode>.<shots>shot.<method>[.sub<k>].jsonl``.
+entry per (checkpoint, suite, mode, shots, method, subsample, split); per-example predictions
+go to ``<output_dir>/predictions/<checkpoint>/<suite>[.<split>].<mode>.<shots>shot.<method>
+[.sub<k>].jsonl`` (the split is MMLU's val/test: val and test results never overwrite each
+other). ``--method=paper`` follows the Flan protocols per suite: MMLU direct by rank
+classification over the letters A-D (hendrycks / lm-eval), everything else by generation and
+exact match (BBH's authors and Flan); rank classification is shown as "ranked".
+Generation stops at EOS and at the few-shot separator (`decoding.STOP_SEQUENCES`); the decode
+cap defaults per suite and mode to 1.25x the longest reference answer in the checkpoint's
+vocabulary (`evaluator.default_max_decode_len`), and outputs that hit it are counted
+(``metadata.decode_cap``, column at_cap). A sweep's scores also go to TensorBoard
+(``<output_dir>/eval``, one point per checkpoint step) beside the training curves.
 An entry already in results.json is skipped (and its checkpoint not even loaded) unless
 ``--force``. ``--shots`` above a suite's exemplar count uses that count (BBH has 3), said on
 the console and recorded as the entry's shots. Prompts are fitted to the checkpoint's input
@@ -76,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--baseline", choices=("constant", "random"), help="a model-free predictor instead"
     )
+    where.add_argument(
+        "--hf_model_dir",
+        help="a Hugging Face T5 / Flan-T5 / Switch folder (config.json, weights, spiece.model)",
+    )
     what = p.add_argument_group("suites")
     what.add_argument("--suites", default="mmlu,bbh", help=f"comma list of {SUITES}")
     what.add_argument("--mode", default="direct", help="direct, cot, or both: direct,cot")
@@ -84,7 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--subsample", type=int, default=None, help="first N examples per subtask")
     what.add_argument("--data_dir", default=None, help="default: $FLAN_MOE_DATA_DIR")
     how = p.add_argument_group("method")
-    how.add_argument("--method", default="generate", choices=("generate", "score"))
+    how.add_argument(
+        "--method",
+        default="generate",
+        choices=("generate", "score", "paper"),
+        help="paper: MMLU direct ranked over A-D, the rest generated (the Flan protocols)",
+    )
     how.add_argument(
         "--length_normalized", action="store_true", help="score: rank by per-token average"
     )
@@ -98,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--max_input_length", type=int, default=None, help="default: the checkpoint's inputs"
     )
     how.add_argument(
-        "--max_decode_length", type=int, default=None, help="default: the checkpoint's targets"
+        "--max_decode_length",
+        type=int,
+        default=None,
+        help="default: per suite and mode, 1.25x the longest reference answer",
     )
     how.add_argument("--max_option_length", type=int, default=64, help="score: option tokens")
     how.add_argument("--batch_size", type=int, default=16)
@@ -122,8 +148,17 @@ def find_targets(args: argparse.Namespace) -> tuple[list[Target], Path]:
         if not out:
             raise SystemExit("--baseline needs --output_dir (where results.json is written)")
         return [Target("baseline", None)], Path(out)
+    if args.hf_model_dir:
+        if args.checkpoint_dir:
+            raise SystemExit("give either --checkpoint_dir or --hf_model_dir, not both")
+        if not args.output_dir:
+            raise SystemExit("--hf_model_dir needs --output_dir (where results.json is written)")
+        path = os.path.abspath(args.hf_model_dir)
+        return [Target(f"hf_{os.path.basename(path.rstrip('/'))}", path)], Path(args.output_dir)
     if not args.checkpoint_dir:
-        raise SystemExit("give --checkpoint_dir (a MODEL_DIR or a checkpoint) or --baseline")
+        raise SystemExit(
+            "give --checkpoint_dir (a MODEL_DIR or a checkpoint), --hf_model_dir or --baseline"
+        )
     from flan_moe.training import checkpoints
 
     path = os.path.abspath(args.checkpoint_dir)
@@ -156,12 +191,20 @@ def find_targets(args: argparse.Namespace) -> tuple[list[Target], Path]:
     return targets, Path(args.output_dir or model_dir)
 
 
-def method_key(args: argparse.Namespace) -> str:
+def suite_method(args: argparse.Namespace, suite: str, mode: str) -> str:
+    """ "generate" or "score" for one suite and mode (``--method=paper``: MMLU direct is ranked
+    over A-D as hendrycks/lm-eval do; BBH, GSM8K, SVAMP and CoT are generated)."""
+    if args.method != "paper":
+        return args.method
+    return "score" if (suite, mode) == ("mmlu", "direct") else "generate"
+
+
+def method_key(args: argparse.Namespace, suite: str = "mmlu", mode: str = "direct") -> str:
     """The results-entry method for these flags (`evaluator.entry_method`)."""
     from flan_moe.evaluation.evaluator import entry_method
 
     return entry_method(
-        args.method,
+        suite_method(args, suite, mode),
         length_normalized=args.length_normalized,
         decode=decode_config(args, max_decode_len=1),
         baseline=args.baseline,
@@ -192,7 +235,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, int, int]]:
     for mode in modes:
         if mode not in ("direct", "cot"):
             raise SystemExit(f"unknown mode {mode!r}; use direct, cot or direct,cot")
-    if args.method == "score" and "cot" in modes:
+    if args.method == "score" and "cot" in modes:  # "paper" generates CoT
         raise SystemExit("--method=score needs --mode=direct (CoT answers must be generated)")
     combos = []
     for suite in suites:
@@ -208,7 +251,8 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, int, int]]:
 
 def predictions_path(out_dir: Path, checkpoint: str, key: results.EntryKey) -> Path:
     sub = "" if key.subsample is None else f".sub{key.subsample}"
-    name = f"{key.suite}.{key.mode}.{key.shots}shot.{key.method}{sub}.jsonl"
+    split = "" if key.split is None else f".{key.split}"
+    name = f"{key.suite}{split}.{key.mode}.{key.shots}shot.{key.method}{sub}.jsonl"
     return out_dir / "predictions" / checkpoint / name
 
 
@@ -227,29 +271,62 @@ def _mesh(args: argparse.Namespace):
     )
 
 
-def load_model(args: argparse.Namespace, target: Target) -> tuple[Any, dict[str, Any]]:
-    """(a ModelPredictor for the checkpoint, run info for the entries' metadata)."""
-    from flan_moe.data.vocabularies import get_vocabulary
-    from flan_moe.evaluation.evaluator import ModelPredictor
+def _read_model(args: argparse.Namespace, target: Target) -> tuple[Any, Any, str, dict]:
+    """(params, config, vocabulary spec, task_feature_lengths) of a checkpoint or HF folder."""
+    if args.hf_model_dir:
+        return _read_hf_folder(target.path)
     from flan_moe.training import checkpoints
 
     params, config, meta = checkpoints.load_params(target.path)
-    lengths = dict(meta.get("task_feature_lengths") or {})
-    max_in = args.max_input_length or lengths.get("inputs")
-    max_out = args.max_decode_length or lengths.get("targets")
-    if not max_in or not max_out:
+    return (
+        params,
+        config,
+        meta.get("vocabulary", "byte"),
+        dict(meta.get("task_feature_lengths") or {}),
+    )
+
+
+def _read_hf_folder(path: str) -> tuple[Any, Any, str, dict]:
+    """A Hugging Face T5 / Flan-T5 / Switch folder through the converters, in float32, with the
+    folder's SentencePiece vocabulary (``spiece.model``)."""
+    import json
+
+    from flan_moe.interop.hf_switch import load_hf_switch
+    from flan_moe.interop.hf_t5 import load_hf_t5
+
+    config_file, vocab_file = Path(path) / "config.json", Path(path) / "spiece.model"
+    for needed in (config_file, vocab_file):
+        if not needed.is_file():
+            raise SystemExit(
+                f"--hf_model_dir {path} has no {needed.name}: pass a folder written by "
+                "save_pretrained of a T5 / Flan-T5 / Switch model together with its tokenizer"
+            )
+    model_type = json.loads(config_file.read_text()).get("model_type", "t5")
+    load = load_hf_switch if model_type == "switch_transformers" else load_hf_t5
+    params, config = load(path, dtype="float32")
+    return params, config, str(vocab_file), {}
+
+
+def load_model(args: argparse.Namespace, target: Target) -> tuple[Any, dict[str, Any]]:
+    """(a ModelPredictor for the checkpoint or HF folder, run info for the entries' metadata).
+
+    Decode settings are set per suite and mode later (`_set_decode`)."""
+    from flan_moe.data.vocabularies import get_vocabulary
+    from flan_moe.evaluation.evaluator import ModelPredictor
+
+    params, config, vocab_spec, lengths = _read_model(args, target)
+    max_in = args.max_input_length or lengths.get("inputs") or (512 if args.hf_model_dir else None)
+    if not max_in:
         raise SystemExit(
             f"checkpoint {target.path} stores no task_feature_lengths {lengths}; pass "
-            "--max_input_length and --max_decode_length"
+            "--max_input_length"
         )
-    vocab_spec = meta.get("vocabulary", "byte")
-    decode = decode_config(args, max_decode_len=int(max_out))
     predictor = ModelPredictor(
         config,
         params,
         get_vocabulary(vocab_spec),
         max_input_len=int(max_in),
-        decode=decode,
+        decode=decode_config(args, max_decode_len=args.max_decode_length or 1),
         batch_size=args.batch_size,
         max_option_len=args.max_option_length,
         mesh=_mesh(args),
@@ -260,9 +337,24 @@ def load_model(args: argparse.Namespace, target: Target) -> tuple[Any, dict[str,
         "model": config.name,
         "vocabulary": vocab_spec,
         "max_input_length": int(max_in),
-        "max_decode_length": int(max_out),
     }
     return predictor, info
+
+
+def _set_decode(
+    args: argparse.Namespace, predictor: Any, key: results.EntryKey, info: dict
+) -> None:
+    """Per suite and mode: the decode cap (``--max_decode_length`` or the suite default) and
+    the stop sequences; recorded in ``info`` for the entry's metadata."""
+    from flan_moe.evaluation.evaluator import default_max_decode_len
+
+    length = args.max_decode_length or default_max_decode_len(
+        results.suite_family(key.suite), key.mode, info["vocabulary"], args.data_dir
+    )
+    predictor.set_decode(
+        decode_config(args, max_decode_len=int(length)), decoding.STOP_SEQUENCES[key.mode]
+    )
+    info["max_decode_length"] = int(length)
 
 
 def load_baseline(args: argparse.Namespace, suite: str) -> Any:
@@ -278,73 +370,136 @@ def load_baseline(args: argparse.Namespace, suite: str) -> Any:
 # ------------------------------------------------------------------------------------ main
 
 
+def entry_keys(
+    args: argparse.Namespace, target: Target, combos: Sequence[tuple[str, str, int, int]]
+) -> list[results.EntryKey]:
+    """The results.json keys of one target: split (MMLU only) and subsample included."""
+    return [
+        results.EntryKey(
+            target.checkpoint,
+            suite,
+            mode,
+            used,
+            method_key(args, suite, mode),
+            args.subsample,
+            args.split if results.suite_family(suite) == "mmlu" else None,
+        )
+        for suite, mode, _, used in combos
+    ]
+
+
 def run(args: argparse.Namespace) -> list[results.EvalEntry]:
     """Evaluates every missing (target, suite, mode, shots) and returns the entries touched."""
-    from flan_moe.evaluation import evaluator
-
     if args.subsample is not None and args.subsample <= 0:
         raise SystemExit(f"--subsample must be a positive count per subtask, got {args.subsample}")
     targets, out_dir = find_targets(args)
     combos = plan(args)
-    method = method_key(args)
-    results_file = out_dir / "results.json"
     for suite, _, asked, used in combos:
         if asked != used:
             print(f"note: {suite} has {used} exemplars; --shots={asked} runs {used}-shot")
     touched: list[results.EvalEntry] = []
     for target in targets:
-        keys = [
-            results.EntryKey(target.checkpoint, suite, mode, used, method, args.subsample)
-            for suite, mode, _, used in combos
-        ]
-        existing = results.read_results(results_file)
-        todo = [k for k in keys if args.force or not results.has_entry(existing, k)]
-        for key in keys:
-            if key not in todo:
-                print(f"skip {key.checkpoint} {key.suite} {key.mode} {key.shots}-shot "
-                      f"{key.method}: already in {results_file} (--force to redo)")  # fmt: skip
-                touched.append(results.find_entry(existing, key))
-        if not todo:
-            continue
-        predictor, info = load_model(args, target) if target.path else (None, {})
-        for key in todo:
-            pred = predictor if predictor is not None else load_baseline(args, key.suite)
-            outcome = evaluator.evaluate(
-                pred,
-                suite=key.suite,
-                mode=key.mode,
-                shots=key.shots,
-                method=args.method,
-                length_normalized=args.length_normalized,
-                split=args.split,
-                subsample=args.subsample,
-                checkpoint=key.checkpoint,
-                data_dir=args.data_dir,
-                max_input_tokens=info.get("max_input_length"),
-                vocabulary=info.get("vocabulary", "byte"),
-                show_progress=not args.no_progress,
-                metadata=info,
-            )
-            if outcome.entry.key != key:  # pragma: no cover - a naming bug, not a user error
-                raise RuntimeError(f"entry key {outcome.entry.key} != planned key {key}")
-            pred_file = predictions_path(out_dir, target.checkpoint, key)
-            results.write_predictions_jsonl(pred_file, outcome.records)
-            entry = dataclasses.replace(
-                outcome.entry, predictions_file=os.path.relpath(pred_file, out_dir)
-            )
-            results.update_results(results_file, [entry])
-            trunc = entry.metadata.get("truncation", {})
-            s = entry.summary
-            print(
-                f"done {key.checkpoint} {key.suite} {key.mode} {key.shots}-shot {key.method}: "
-                f"{s['num_examples']} examples, micro {_pct(s['micro_avg'])} macro "
-                f"{_pct(s['macro_avg'])}; prompts with exemplars dropped "
-                f"{trunc.get('prompts_with_exemplars_dropped', 0)}, cut from the left "
-                f"{trunc.get('prompts_truncated_left', 0)} (input length "
-                f"{trunc.get('max_input_tokens')}) -> {results_file}"
-            )
-            touched.append(entry)
+        touched += _evaluate_target(args, target, entry_keys(args, target, combos), out_dir)
     return touched
+
+
+def _evaluate_target(
+    args: argparse.Namespace, target: Target, keys: list[results.EntryKey], out_dir: Path
+) -> list[results.EvalEntry]:
+    """Skips the keys results.json holds, evaluates the rest; new scores go to TensorBoard."""
+    results_file = out_dir / "results.json"
+    existing = results.read_results(results_file)
+    todo = [k for k in keys if args.force or not results.has_entry(existing, k)]
+    touched = []
+    for key in keys:
+        if key not in todo:
+            split = f" {key.split}" if key.split else ""
+            print(f"skip {key.checkpoint} {key.suite}{split} {key.mode} {key.shots}-shot "
+                  f"{key.method}: already in {results_file} (--force to redo)")  # fmt: skip
+            touched.append(results.find_entry(existing, key))
+    if not todo:
+        return touched
+    predictor, info = load_model(args, target) if target.path else (None, {})
+    new = [_evaluate_key(args, predictor, dict(info), key, out_dir) for key in todo]
+    if target.step is not None:
+        write_tensorboard(out_dir, target.step, new)
+    return touched + new
+
+
+def _evaluate_key(
+    args: argparse.Namespace, predictor: Any, info: dict, key: results.EntryKey, out_dir: Path
+) -> results.EvalEntry:
+    from flan_moe.evaluation import evaluator
+
+    if predictor is None:
+        predictor = load_baseline(args, key.suite)
+    else:
+        _set_decode(args, predictor, key, info)
+    outcome = evaluator.evaluate(
+        predictor,
+        suite=key.suite,
+        mode=key.mode,
+        shots=key.shots,
+        method=suite_method(args, key.suite, key.mode),
+        length_normalized=args.length_normalized,
+        split=args.split,
+        subsample=args.subsample,
+        checkpoint=key.checkpoint,
+        data_dir=args.data_dir,
+        max_input_tokens=info.get("max_input_length"),
+        vocabulary=info.get("vocabulary", "byte"),
+        show_progress=not args.no_progress,
+        metadata=info,
+    )
+    if outcome.entry.key != key:  # pragma: no cover - a naming bug, not a user error
+        raise RuntimeError(f"entry key {outcome.entry.key} != planned key {key}")
+    pred_file = predictions_path(out_dir, key.checkpoint, key)
+    results.write_predictions_jsonl(pred_file, outcome.records)
+    entry = dataclasses.replace(outcome.entry, predictions_file=os.path.relpath(pred_file, out_dir))
+    results_file = out_dir / "results.json"
+    results.update_results(results_file, [entry])
+    _print_done(entry, results_file)
+    return entry
+
+
+def _print_done(entry: results.EvalEntry, results_file: Path) -> None:
+    key, s, meta = entry.key, entry.summary, entry.metadata
+    trunc = meta.get("truncation", {})
+    eff = (meta.get("effective_shots") or {}).get("mean")
+    cap = meta.get("decode_cap") or {}
+    print(
+        f"done {key.checkpoint} {key.suite}{' ' + key.split if key.split else ''} {key.mode} "
+        f"{key.shots}-shot {results.method_label(key.method)}: {s['num_examples']} examples, "
+        f"micro {_pct(s['micro_avg'])} macro {_pct(s['macro_avg'])}; effective shots "
+        f"{'-' if eff is None else f'{eff:.2f}'}; prompts with exemplars dropped "
+        f"{trunc.get('prompts_with_exemplars_dropped', 0)}, cut from the left "
+        f"{trunc.get('prompts_truncated_left', 0)} (input length "
+        f"{trunc.get('max_input_tokens')}); outputs at the decode cap "
+        f"{cap.get('hit', '-')} -> {results_file}"
+    )
+
+
+def write_tensorboard(out_dir: Path, step: int, entries: Sequence[results.EvalEntry]) -> None:
+    """Scores of one checkpoint step to ``<out_dir>/eval`` (TensorBoard + metrics.jsonl): tags
+    ``<suite>[_<split>]/<mode>_<k>shot_<method>/<macro|micro|bbh23>``, in percent."""
+    from flan_moe.training.summaries import SummaryWriter
+
+    scalars = {}
+    for entry in entries:
+        s = entry.summary
+        split = f"_{entry.split}" if entry.split else ""
+        sub = "" if entry.subsample is None else f"_sub{entry.subsample}"
+        tag = f"{entry.suite}{split}/{entry.mode}_{entry.shots}shot_{entry.method}{sub}"
+        for name, value in (("macro", s["macro_avg"]), ("micro", s["micro_avg"]),
+                            ("bbh23", s.get("macro_avg_tasks"))):  # fmt: skip
+            if value is not None:
+                scalars[f"{tag}/{name}"] = 100.0 * value
+    if scalars:
+        writer = SummaryWriter(str(out_dir), subdir="eval")
+        try:
+            writer.write(step, scalars)
+        finally:
+            writer.close()
 
 
 def _pct(value: float | None) -> str:

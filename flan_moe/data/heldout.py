@@ -7,8 +7,9 @@ mixture (``tests/tasks`` checks every registered mixture).
 
 Prompt formats (``{..}`` are fields; exemplars are joined to the query by a blank line):
 
-- MMLU (``split`` "val" or "test"; exemplars: the first ``shots`` rows of the subject's dev CSV,
-  ``shots`` <= 5)::
+- MMLU direct (``split`` "val" or "test"; exemplars: the first ``shots`` rows of the subject's
+  dev CSV, ``shots`` <= 5; the hendrycks/test and lm-evaluation-harness ``mmlu`` format, with
+  lm-eval's whitespace handling: the question is stripped, the option texts are not)::
 
     The following are multiple choice questions (with answers) about {subject words}.
 
@@ -17,13 +18,25 @@ Prompt formats (``{..}`` are fields; exemplars are joined to the query by a blan
     B. {b}
     C. {c}
     D. {d}
-    Answer: {letter}            <- exemplar; the query ends "Answer:" (direct)
-                                   or "Answer: Let's think step by step." (cot)
+    Answer: {letter}            <- exemplar; the query ends "Answer:"
 
-  The public data has no MMLU rationales, so CoT mode shows the same direct exemplars and asks
-  for step-by-step reasoning on the query. ``options`` = ("A", "B", "C", "D") (the strings a
-  rank-classification scorer compares), ``choices`` = the four option texts, ``answer`` = the
-  gold letter, ``category`` = one of STEM / humanities / social sciences / other.
+- MMLU CoT: Flan's chain-of-thought prompts (``mmlu/flan_cot_prompts.json``: the header line
+  and 5 exemplars per subject, from the Flan 2 release's ``mmlu-cot.json`` as vendored by
+  lm-evaluation-harness' ``mmlu_flan_cot_fewshot``; the first ``shots`` are kept)::
+
+    The following are multiple choice questions (with answers) about {subject words}.
+
+    Q: {question}
+    (A) {a} (B) {b} (C) {c} (D) {d}
+    A: Let's think step by step. {reasoning} The answer is (X).     <- exemplar
+
+    Q: {question}
+    (A) {a} (B) {b} (C) {c} (D) {d}
+    A: Let's think step by step.                                    <- query
+
+  MMLU ``options`` = ("A", "B", "C", "D") (the strings a rank-classification scorer compares),
+  ``choices`` = the four option texts, ``answer`` = the gold letter, ``category`` = one of
+  STEM / humanities / social sciences / other.
 - BBH (27 files; ``shots`` 3 or 0; exemplars parsed from ``cot-prompts/<file>.txt``)::
 
     {task description}
@@ -35,8 +48,9 @@ Prompt formats (``{..}`` are fields; exemplars are joined to the query by a blan
     Q: {input}
     A: Let's think step by step.      (cot)   |   A:   (direct)
 
-  ``answer`` = the JSON target; ``category`` = the task (files of one task share it, e.g.
-  ``logical_deduction``).
+  ``answer`` = the JSON target; ``option_texts`` = the option texts of the question's
+  "Options:" lines ("(A) x" -> "x", in label order; empty when it has none), used by strict
+  grading; ``category`` = the task (files of one task share it, e.g. ``logical_deduction``).
 - GSM8K test and SVAMP (``shots`` 8 or 0; exemplars: the first ``shots`` rows of
   ``flan_cot/gsm8k_train.tsv``, a training split, never the evaluated set)::
 
@@ -52,7 +66,8 @@ the answer is {answer}."`` where the data has a rationale (GSM8K test), else ``"
 {answer}."``. The ``split`` argument only matters for MMLU; BBH, GSM8K and SVAMP each have one
 evaluation set. ``max_input_tokens`` (with ``vocabulary``) falls back to fewer shots (the
 prompt built with ``shots - 1``, then ``shots - 2``, ...) until the prompt fits; the question
-itself is never cut.
+itself is never cut. Each example records the exemplars it kept in ``shots_used`` (the
+effective shots the results tables show next to the requested k).
 """
 
 from __future__ import annotations
@@ -179,6 +194,8 @@ class EvalExample:
     choices: tuple[str, ...] = ()  # MMLU: the option texts
     category: str = ""  # MMLU group or BBH task family
     example_id: str = ""
+    shots_used: int = 0  # exemplars actually in ``inputs`` (fewer than asked when cut to fit)
+    option_texts: tuple[str, ...] = ()  # BBH: the texts of the question's "(A) x" options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,15 +215,16 @@ def _cot_target(answer: str, rationale: str = "") -> str:
 
 def _assemble(
     header: str, shots: list[str], query: str, max_tokens: int | None, vocabulary: str
-) -> str:
-    """Header + shots + query; falls back to fewer shots (the last exemplar goes first) until
-    the prompt fits, so a fitted prompt equals the prompt built with fewer ``shots``."""
+) -> tuple[str, int]:
+    """(prompt, exemplars kept): header + shots + query; falls back to fewer shots (the last
+    exemplar goes first) until the prompt fits, so a fitted prompt equals the prompt built with
+    fewer ``shots``."""
     vocab = get_vocabulary(vocabulary) if max_tokens is not None else None
     for n in range(len(shots), -1, -1):
         text = "\n\n".join([p for p in (header,) if p] + shots[:n] + [query])
         if vocab is None or len(vocab.encode(text)) + 1 <= max_tokens:
-            return text
-    return text
+            return text, n
+    return text, 0
 
 
 def _check(suite: str, mode: str, shots: int) -> None:
@@ -231,8 +249,49 @@ def _read_mmlu_csv(path: Path) -> list[list[str]]:
 
 
 def _mmlu_block(row: list[str]) -> str:
-    lines = [row[0]] + [f"{letter}. {text}" for letter, text in zip(MMLU_LETTERS, row[1:5])]
+    lines = [row[0].strip()] + [f"{x}. {text}" for x, text in zip(MMLU_LETTERS, row[1:5])]
     return "\n".join(lines)
+
+
+def _mmlu_cot_block(row: list[str]) -> str:
+    options = " ".join(f"({x}) {text}" for x, text in zip(MMLU_LETTERS, row[1:5]))
+    return f"Q: {row[0].strip()}\n{options}\nA: {COT_TRIGGER}"
+
+
+@functools.lru_cache(maxsize=4)
+def mmlu_cot_prompts(root: str) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """{subject: (header, exemplars)} of Flan's MMLU CoT prompts (``flan_cot_prompts.json``);
+    each exemplar is a whole "Q: ... The answer is (X)." block."""
+    path = paths.data_file("mmlu/flan_cot_prompts.json", root=root)
+    prompts = json.loads(path.read_text("utf-8"))
+    out = {}
+    for subject in MMLU_SUBJECTS:
+        if subject not in prompts:
+            raise ValueError(f"{path} has no prompt for MMLU subject {subject!r}")
+        header, *blocks = prompts[subject].strip().split("\n\nQ: ")
+        shots = tuple("Q: " + b.strip() for b in blocks)
+        if not shots or not all(_MMLU_COT_END.search(b) for b in shots):
+            raise ValueError(
+                f"{path}: {subject!r} should hold 'Q: ... The answer is (X).' exemplars"
+            )
+        out[subject] = (header.strip(), shots)
+    return out
+
+
+# (college_chemistry's Flan prompt has an exemplar answering "(E)", and three subjects have 4
+# exemplars: kept as published; the effective shots show the 4.)
+_MMLU_COT_END = re.compile(r"The answer is \([A-Z]\)\.$")
+
+
+def _mmlu_prompt_parts(subject, dev, mode, shots, root) -> tuple[str, list[str]]:
+    if mode == "cot":
+        header, exemplars = mmlu_cot_prompts(root)[subject]
+        return header, list(exemplars[:shots])
+    header = (
+        "The following are multiple choice questions (with answers) about "
+        f"{subject.replace('_', ' ')}."
+    )
+    return header, [f"{_mmlu_block(r)}\nAnswer: {r[5]}" for r in dev[:shots]]
 
 
 def _load_mmlu(split, mode, shots, root, max_tokens, vocabulary) -> dict[str, list[EvalExample]]:
@@ -242,21 +301,18 @@ def _load_mmlu(split, mode, shots, root, max_tokens, vocabulary) -> dict[str, li
     for subject in MMLU_SUBJECTS:
         dev = _read_mmlu_csv(paths.data_file(f"mmlu/dev/{subject}_dev.csv", root=root))
         rows = _read_mmlu_csv(paths.data_file(f"mmlu/{split}/{subject}_{split}.csv", root=root))
-        header = (
-            "The following are multiple choice questions (with answers) about "
-            f"{subject.replace('_', ' ')}."
-        )
-        shot_texts = [f"{_mmlu_block(r)}\nAnswer: {r[5]}" for r in dev[:shots]]
+        header, shot_texts = _mmlu_prompt_parts(subject, dev, mode, shots, root)
         examples = []
         for i, row in enumerate(rows):
-            suffix = f"Answer: {COT_TRIGGER}" if mode == "cot" else "Answer:"
-            query = f"{_mmlu_block(row)}\n{suffix}"
+            query = _mmlu_cot_block(row) if mode == "cot" else f"{_mmlu_block(row)}\nAnswer:"
+            inputs, kept = _assemble(header, shot_texts, query, max_tokens, vocabulary)
             examples.append(
                 EvalExample(
                     task="mmlu",
                     subtask=subject,
-                    inputs=_assemble(header, shot_texts, query, max_tokens, vocabulary),
-                    target=_cot_target(row[5]) if mode == "cot" else row[5],
+                    inputs=inputs,
+                    shots_used=kept,
+                    target=f"The answer is ({row[5]})." if mode == "cot" else row[5],
                     answer=row[5],
                     options=MMLU_LETTERS,
                     choices=tuple(row[1:5]),
@@ -272,6 +328,20 @@ def _load_mmlu(split, mode, shots, root, max_tokens, vocabulary) -> dict[str, li
 
 BBH_LAYOUT = '{"examples": [{"input": ..., "target": ...}, ...]}'
 _ANSWER_RE = re.compile(r"So the answer is (.*)\.\s*$", re.DOTALL)
+
+
+_BBH_OPTION_RE = re.compile(r"^\(([A-Z])\) (.*)$", re.MULTILINE)
+
+
+def bbh_option_texts(question: str) -> tuple[str, ...]:
+    """The texts of a BBH question's "Options:" lines, in label order ("(A) x" -> "x"); empty
+    when it has none or the labels are not A, B, C, ... in order."""
+    _, sep, tail = question.rpartition("Options:")
+    found = _BBH_OPTION_RE.findall(tail) if sep else []
+    letters = [letter for letter, _ in found]
+    if not found or letters != [chr(ord("A") + i) for i in range(len(found))]:
+        return ()
+    return tuple(text.strip() for _, text in found)
 
 
 def bbh_family(file_stem: str) -> str:
@@ -330,11 +400,14 @@ def _load_bbh(mode, shots, root, max_tokens, vocabulary) -> dict[str, list[EvalE
             with record_context(path, f"example {i}", expected=BBH_LAYOUT):
                 query = f"Q: {ex['input']}\nA:" + (f" {COT_TRIGGER}" if mode == "cot" else "")
                 str(ex["target"])  # a missing target is reported here, with its file
+            inputs, kept = _assemble(description, shot_texts, query, max_tokens, vocabulary)
             examples.append(
                 EvalExample(
                     task="bbh",
                     subtask=stem,
-                    inputs=_assemble(description, shot_texts, query, max_tokens, vocabulary),
+                    inputs=inputs,
+                    shots_used=kept,
+                    option_texts=bbh_option_texts(ex["input"]),
                     target=_cot_target(ex["target"]) if mode == "cot" else ex["target"],
                     answer=ex["target"],
                     category=bbh_family(stem),
@@ -387,17 +460,49 @@ def _load_math(suite, mode, shots, root, max_tokens, vocabulary) -> dict[str, li
         rationale = ""
         if suite == "gsm8k":
             rationale = _CALCULATOR.sub("", row.get("chain_of_thought", "")).replace("\n", " ")
+        inputs, kept = _assemble("", shot_texts, query, max_tokens, vocabulary)
         examples.append(
             EvalExample(
                 task=suite,
                 subtask=suite,
-                inputs=_assemble("", shot_texts, query, max_tokens, vocabulary),
+                inputs=inputs,
+                shots_used=kept,
                 target=_cot_target(answer, rationale) if mode == "cot" else answer,
                 answer=answer,
                 example_id=f"{suite}/{i}",
             )
         )
     return {suite: examples}
+
+
+def reference_answers(suite: str, mode: str, *, data_dir: str | None = None) -> list[str]:
+    """The answers a model is expected to write, to size the decode length: in CoT mode the
+    exemplars' whole answers (reasoning + "The answer is (X)." / "So the answer is X."); in
+    direct mode the exemplar answers and every gold answer (a cap shorter than the gold answer
+    would make it impossible to get right)."""
+    _check(suite, mode, 0)
+    root = str(paths.data_dir(data_dir))
+    if suite == "mmlu":
+        if mode == "direct":
+            return list(MMLU_LETTERS)
+        blocks = [b for _, shots in mmlu_cot_prompts(root).values() for b in shots]
+        return [b.split(f"\nA: {COT_TRIGGER}", 1)[-1].strip() for b in blocks]
+    if suite == "bbh":
+        out = []
+        for stem in BBH_FILES:
+            _, shots = parse_bbh_cot_prompt(
+                str(paths.data_file(f"bbh/cot-prompts/{stem}.txt", root=root))
+            )
+            if mode == "cot":
+                out += [f"{s.rationale} So the answer is {s.answer}." for s in shots]
+            else:
+                data = json.loads(paths.data_file(f"bbh/bbh/{stem}.json", root=root).read_text())
+                out += [s.answer for s in shots] + [ex["target"] for ex in data["examples"]]
+        return out
+    shots = gsm8k_train_exemplars(MAX_SHOTS[suite], data_dir=root)
+    if mode == "cot":
+        return [f"{s.rationale} So the answer is {s.answer}." for s in shots]
+    return [s.answer for s in shots]
 
 
 def load_suite(

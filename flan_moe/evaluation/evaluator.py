@@ -15,6 +15,12 @@ predictors of `flan_moe.evaluation.baselines`). `evaluate` runs either through t
    GSM8K/SVAMP, "So the answer is X." extraction in CoT mode) and tally per subtask;
 5. return a results entry (`results.make_entry`) and the per-example prediction records.
 
+Each entry's metadata also holds ``effective_shots`` (the distribution of exemplars kept),
+``intervals`` (95% bootstrap intervals, `flan_moe.evaluation.bootstrap`) and, for a model's
+generations, ``decode_cap`` (how many outputs hit ``max_decode_len``; generation ends at EOS
+or at a stop sequence, `ModelPredictor.set_decode`). `default_max_decode_len` sizes the cap
+per suite and mode from the reference answers.
+
 Nothing is cut silently: ``metadata["truncation"]`` counts the prompts that lost exemplars to
 fit ``max_input_tokens`` and the prompts still too long after that, which the model predictor
 cuts from the LEFT at the token level (the question's end and the "Answer:" cue stay).
@@ -30,6 +36,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -40,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flan_moe import decoding, partitioning
-from flan_moe.evaluation import results, scoring
+from flan_moe.evaluation import bootstrap, results, scoring
 from flan_moe.model.config import ModelConfig
 from flan_moe.model.transformer import EncoderDecoder
 
@@ -189,12 +197,25 @@ class ModelPredictor:
         self.data_parts = parts
         self.batch_size = _round_up(max(batch_size, 1), parts)
         self.params = self._place_params(params)
-        self._generate = decoding.make_generate_fn(
-            self.model, config=self.decode, eos_id=vocab.eos_id
-        )
+        self._generators: dict[decoding.DecodeConfig, Any] = {}
+        self.set_decode(self.decode)
+        #: outputs are cut at the first of these (`decoding.cut_at_stop`); see `set_decode`
+        self.stop_sequences: tuple[str, ...] = ()
         self._score = scoring.make_option_scorer(self.model)
         #: per-example info of the last call (prompt tokens, whether it was cut)
         self.last_info: list[dict[str, Any]] = []
+
+    def set_decode(
+        self, decode: decoding.DecodeConfig, stop_sequences: Sequence[str] | None = None
+    ) -> None:
+        """Generation settings for the next calls (compiled once per distinct setting)."""
+        if decode not in self._generators:
+            self._generators[decode] = decoding.make_generate_fn(
+                self.model, config=decode, eos_id=self.vocab.eos_id
+            )
+        self.decode, self._generate = decode, self._generators[decode]
+        if stop_sequences is not None:
+            self.stop_sequences = tuple(stop_sequences)
 
     # -- placement ---------------------------------------------------------------------------
 
@@ -256,7 +277,11 @@ class ModelPredictor:
                     used = generated.index(eos) + 1 if eos in generated else len(generated)
                     self.last_info[i]["output_tokens"] = used  # EOS included
                     self.last_info[i]["stopped_at_eos"] = eos in generated
-                    outputs[i] = self.vocab.decode(generated)
+                    text, stopped = decoding.cut_at_stop(
+                        self.vocab.decode(generated), self.stop_sequences
+                    )
+                    self.last_info[i]["stopped_at_sequence"] = stopped
+                    outputs[i] = text
                 if progress is not None:
                     progress.update(len(idx))
         return outputs
@@ -344,6 +369,25 @@ def method_name(predictor: EvalPredictor, method: Method, *, length_normalized: 
     )
 
 
+@functools.lru_cache(maxsize=64)
+def default_max_decode_len(
+    suite: str, mode: str, vocabulary: str = "byte", data_dir: str | None = None
+) -> int:
+    """Decode cap of a suite and mode: 1.25 x the longest reference answer
+    (`heldout.reference_answers`) in tokens of ``vocabulary``, + EOS, rounded up to 16.
+
+    With the byte vocabulary: MMLU direct 16, MMLU CoT 1680, BBH direct 240, BBH CoT 2224,
+    GSM8K/SVAMP CoT 464 (the BBH CoT exemplar answers run to 1773 bytes)."""
+    from flan_moe.data import heldout
+    from flan_moe.data.vocabularies import get_vocabulary
+
+    vocab = get_vocabulary(vocabulary)
+    longest = max(
+        len(vocab.encode(a)) for a in heldout.reference_answers(suite, mode, data_dir=data_dir)
+    )
+    return 16 * math.ceil((math.ceil(1.25 * longest) + 1) / 16)
+
+
 def select(
     examples_by_subtask: Mapping[str, Sequence[Any]], subsample: int | None
 ) -> dict[str, list[Any]]:
@@ -429,31 +473,19 @@ def evaluate(
     tallied = results.tally(records)
     for subtask in chosen:  # a subtask with no examples stays visible, as 0/0
         tallied.setdefault(subtask, results.SubtaskResult(0, 0))
-    seconds = time.perf_counter() - started
-    cut = sum(1 for e in extras if e.get("cut_tokens", 0) > 0)
-    meta: dict[str, Any] = {
-        "predictor": predictor.name,
-        "num_examples": len(examples),
-        "seconds": round(seconds, 3),
-        "examples_per_second": round(len(examples) / seconds, 3) if seconds > 0 else None,
-        "truncation": {
-            "max_input_tokens": max_input_tokens,
-            "prompts_with_exemplars_dropped": dropped,
-            "prompts_truncated_left": cut,
-            "tokens_truncated_left": sum(e.get("cut_tokens", 0) for e in extras),
-        },
-    }
+    meta = _run_metadata(predictor, examples, extras, time.perf_counter() - started)
+    meta["truncation"]["max_input_tokens"] = max_input_tokens
+    meta["truncation"]["prompts_with_exemplars_dropped"] = dropped
+    meta["effective_shots"] = effective_shots(examples, shots)
     if isinstance(predictor, ModelPredictor):
         meta["batch_size"] = predictor.batch_size
-        decoded = [e for e in extras if "stopped_at_eos" in e]
-        if decoded:  # generations cut by max_decode_len (no EOS): raise it if many are
-            meta["outputs_without_eos"] = sum(not e["stopped_at_eos"] for e in decoded)
-        if method == "generate" or generated_instead:
-            meta["decode"] = dataclasses.asdict(predictor.decode)
+        meta.update(_decode_metadata(predictor, extras))
     if method == "score":
         meta["length_normalized"] = length_normalized
         meta["generated_instead_of_scored"] = generated_instead
     meta.update(metadata or {})
+    outcomes = results.outcomes_of(records)
+    meta["intervals"] = score_intervals(suite, outcomes)
     entry = results.make_entry(
         checkpoint=checkpoint,
         suite=suite,
@@ -464,8 +496,71 @@ def evaluate(
         subsample=subsample,
         split=split if suite == "mmlu" else None,
         metadata=meta,
+        outcomes=outcomes,
     )
     return EvalResult(entry, records)
+
+
+def _run_metadata(
+    predictor: EvalPredictor, examples: Sequence[Any], extras: Sequence[Mapping], seconds: float
+) -> dict[str, Any]:
+    """Timing and left-truncation counts of one evaluation."""
+    return {
+        "predictor": predictor.name,
+        "num_examples": len(examples),
+        "seconds": round(seconds, 3),
+        "examples_per_second": round(len(examples) / seconds, 3) if seconds > 0 else None,
+        "truncation": {
+            "prompts_truncated_left": sum(1 for e in extras if e.get("cut_tokens", 0) > 0),
+            "tokens_truncated_left": sum(e.get("cut_tokens", 0) for e in extras),
+        },
+    }
+
+
+def effective_shots(examples: Sequence[Any], requested: int) -> dict[str, Any]:
+    """The distribution of exemplars actually kept in the prompts, and its mean."""
+    counts: dict[str, int] = {}
+    for ex in examples:
+        kept = int(getattr(ex, "shots_used", requested))
+        counts[str(kept)] = counts.get(str(kept), 0) + 1
+    total = sum(counts.values())
+    mean = sum(int(k) * n for k, n in counts.items()) / total if total else None
+    return {"requested": requested, "counts": dict(sorted(counts.items())), "mean": mean}
+
+
+def _decode_metadata(predictor: ModelPredictor, extras: Sequence[Mapping[str, Any]]) -> dict:
+    """Decode settings and how generations ended (EOS, stop sequence, or the length cap)."""
+    decoded = [e for e in extras if "stopped_at_eos" in e]
+    if not decoded:
+        return {}
+    hit = sum(not e["stopped_at_eos"] and not e.get("stopped_at_sequence") for e in decoded)
+    return {
+        "decode": dataclasses.asdict(predictor.decode),
+        "stop_sequences": list(predictor.stop_sequences),
+        "outputs_without_eos": sum(not e["stopped_at_eos"] for e in decoded),
+        "decode_cap": {
+            "max_decode_len": predictor.decode.max_decode_len,
+            "generated": len(decoded),
+            "stopped_at_sequence": sum(bool(e.get("stopped_at_sequence")) for e in decoded),
+            "hit": hit,
+        },
+    }
+
+
+def score_intervals(suite: str, outcomes: Mapping[str, str]) -> dict[str, list[float]]:
+    """{statistic: [value, low, high]}: 95% bootstrap intervals (`bootstrap`) of the micro and
+    macro averages (and BBH's 23-task average) of one entry's per-question outcomes."""
+    arrays = bootstrap.outcomes_from_bits(outcomes)
+    if not any(len(a) for a in arrays.values()):
+        return {}
+    family = results.suite_family(suite)
+    stats = ["micro", "macro"] + (["bbh_tasks"] if family == "bbh" else [])
+    groups = {n: results.bbh_task_of(n) for n in arrays if n in results.BBH_FILES}
+    out = {}
+    for stat in stats:
+        found = bootstrap.interval([bootstrap.Component(arrays, stat, groups)])
+        out[stat] = [found.value, found.low, found.high]
+    return out
 
 
 def _merge_info(predictor: Any, positions: Sequence[int], extras: list[dict[str, Any]]) -> None:

@@ -28,6 +28,20 @@ No other punctuation is touched: BBH ``dyck_languages`` targets are nothing but 
 compare numerically ("24.0" == "24"), and a gold option label "(B)" also accepts a prediction
 that starts with that label and then gives the option text ("(B) heptagon").
 
+Strict grading (`hedged`, applied by `exact_match` and `extract_choice`): an answer that names
+more than one option label, or a label followed by the text of ANOTHER option, is wrong, even
+when one of the labels is the gold one. Labels are "(X)" anywhere, "X." / "X)" standing alone,
+and bare letters joined by "or", "and", "/" or ",". Examples with gold "(A)" and options
+(A) circle, (B) square:
+
+* "(A)", "A", "(A).", "a", "(A) circle", "(A) circle, because it is round" -> right;
+* "(A) or (B)", "A or B", "(A)/(B)", "(A) (B)", "A. B." -> wrong (hedges);
+* "(A) square" -> wrong (the label of one option with the text of another);
+* "(B)" -> wrong.
+
+In direct mode the whole output is checked (an explanation that names a second option makes
+the answer a hedge); in CoT mode only the text after the final "answer is".
+
 Chain-of-thought outputs end with "... So the answer is X." (the BBH cot-prompts format);
 `extract_cot_answer` takes the text after the LAST "answer is" (any case, so "So the answer is",
 "The final answer is", "answer is:") or "Answer:" up to the end of that line or sentence.
@@ -126,11 +140,61 @@ def parse_number(text: str | None) -> Decimal | None:
         return None
 
 
-def exact_match(prediction: str | None, target: str) -> bool:
-    """BBH exact match after `normalize_answer`; None (no answer) is wrong."""
+_PAREN_LABEL_RE = re.compile(r"\(([A-Za-z])\)")
+_ALONE_LABEL_RE = re.compile(r"(?:^|(?<=\s))([A-Z])[.)](?=\s|$)")
+_LETTER_LIST_RE = re.compile(
+    r"^\(?([A-Za-z])\)?\s*(?:,|/|&|\bor\b|\band\b)\s*\(?([A-Za-z])\)?(?![A-Za-z])"
+)
+
+
+def option_labels_named(text: str, num_options: int | None = None) -> set[str]:
+    """The distinct option letters a text names ("(A) or (B)" -> {"A", "B"}), upper case.
+
+    Counted: "(X)" anywhere, "X." / "X)" standing alone, and a leading "X or Y" list; with
+    `num_options`, letters beyond the options are ignored.
+    """
+    text = unicodedata.normalize("NFKC", text)
+    found = {m.upper() for m in _PAREN_LABEL_RE.findall(text)}
+    found |= set(_ALONE_LABEL_RE.findall(text))
+    listed = _LETTER_LIST_RE.match(text.strip())
+    if listed:
+        found |= {listed.group(1).upper(), listed.group(2).upper()}
+    if num_options is not None:
+        found = {x for x in found if _letter_index(x, num_options) is not None}
+    return found
+
+
+def hedged(text: str | None, choices: Sequence[str] = ()) -> bool:
+    """Whether an answer names more than one option, or one label with another option's text.
+
+    See "Strict grading" in the module docstring. `choices` are the option texts in label
+    order (A, B, ...); without them only the labels are counted.
+    """
+    if not text:
+        return False
+    count = len(choices) or None
+    if len(option_labels_named(text, count)) > 1:
+        return True
+    lead = _LEADING_LABEL_RE.match(_strip_wrappers(text))
+    if not lead or not choices:
+        return False
+    index = _letter_index(lead.group(1) or lead.group(2), len(choices))
+    rest = _strip_wrappers(_strip_wrappers(text)[lead.end() - 1 :]).casefold()
+    texts = [_strip_wrappers(c).casefold() for c in choices]
+    return index is not None and rest != texts[index] and rest in texts
+
+
+def exact_match(prediction: str | None, target: str, choices: Sequence[str] = ()) -> bool:
+    """BBH exact match after `normalize_answer`; None (no answer) and hedges are wrong.
+
+    `choices`: the example's option texts in label order (BBH "Options:" lines), used to
+    reject "(A) <text of option B>" (see "Strict grading" in the module docstring).
+    """
     if prediction is None:
         return False
     pred, gold = normalize_answer(prediction), normalize_answer(target)
+    if _OPTION_LABEL_RE.match(gold) and hedged(prediction, choices):
+        return False
     if pred == gold:
         return True
     pred_num, gold_num = parse_number(prediction), parse_number(target)
@@ -248,7 +312,8 @@ def extract_choice(
     first option wins if two options have the same text); the same on the first line alone;
     then, when the output says "the
     answer is X", the letter/text/leading-label rules on X; then a leading label followed by
-    text ("(B) Paris", "B. Paris", "B) Paris"). Letters beyond the number of options give None.
+    text ("(B) Paris", "B. Paris", "B) Paris"). Letters beyond the number of options give None,
+    and so does a hedge (`hedged`: two labels, or one label with another option's text).
     `choices` are the option texts, lettered A, B, ... in order; `num_options` defaults to
     ``len(choices)`` (pass it when only the count is known).
     """
@@ -257,6 +322,8 @@ def extract_choice(
         raise ValueError("extract_choice needs at least one option (choices or num_options)")
     if not prediction:
         return None
+    if len(option_labels_named(prediction, count)) > 1 or hedged(prediction, choices):
+        return None  # strict grading: a hedge names no single option
     text = _strip_wrappers(prediction)
     if not text:
         return None
@@ -330,7 +397,7 @@ def grade_output(
         phrase = extract_cot_answer(output)
         if phrase is None and not cot and output is not None:
             phrase = _strip_wrappers(output) or None
-        return Graded(phrase, exact_match(phrase, answer))
+        return Graded(phrase, exact_match(phrase, answer, choices))
     if answer_format == "choice":
         if not choices:
             raise ValueError(

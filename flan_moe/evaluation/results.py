@@ -9,8 +9,8 @@ entry names its checkpoint)::
       "schema_version": 1,
       "entries": [                         # sorted by key; one per key
         {
-          # --- the key: a sweep skips a (checkpoint, suite, mode, shots, method, subsample)
-          #     that is already here (`has_entry`) unless forced
+          # --- the key: a sweep skips a (checkpoint, suite, mode, shots, method, subsample,
+          #     split) that is already here (`has_entry`) unless forced
           "checkpoint": "checkpoint_2000", # whatever id the evaluator uses (dir name or step)
           "suite": "mmlu",                 # suite name as given on the command line
           "mode": "direct",                # "direct" | "cot"
@@ -18,9 +18,12 @@ entry names its checkpoint)::
           "method": "generation",          # e.g. "generation", "scoring", "scoring_len_norm",
                                            #      "baseline_constant", "baseline_random"
           "subsample": null,               # null = every example; k = k examples per subtask
+          "split": "val",                  # MMLU "val" | "test"; null for one-split suites.
+                                           # A file written before splits were keyed has no
+                                           # MMLU split: it is read as "val" (one notice)
           # --- data
           "family": "mmlu",                # "mmlu" | "bbh" | "gsm8k" | "svamp" | other
-          "split": "val",                  # or null
+          "outcomes": {"abstract_algebra": "0110..."},  # 1/0 per question in order (bootstrap)
           "created": "2025-01-01T00:00:00Z",
           "predictions_file": "predictions/mmlu.direct.5shot.generation.jsonl",  # or null
           "metadata": {...},               # free-form: decode settings, seed, timings
@@ -51,6 +54,10 @@ Writes are atomic: a temporary file in the same directory, fsync, then `os.repla
 mid-write leaves the previous file intact. Two processes updating the same results.json at the
 same moment are not coordinated (run one sweep per MODEL_DIR).
 
+Every ``metadata`` of the evaluator holds ``effective_shots`` (``requested``, ``counts`` =
+{exemplars kept: prompts}, ``mean``), ``decode_cap`` (outputs that hit ``max_decode_len``) and
+``intervals`` (95% bootstrap intervals of micro/macro/bbh_tasks, `flan_moe.evaluation.bootstrap`).
+
 Per-example predictions are JSONL, one `PredictionRecord` per line: example_id, task, output
 (the raw model text, or the predicted option for scoring), extracted, answer, correct, extra.
 """
@@ -62,6 +69,7 @@ import datetime as dt
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -209,7 +217,11 @@ def grade_examples(
                 f"no answer format known for suite {example.task!r}; pass answer_format "
                 f"(one of 'exact', 'choice', 'number')"
             )
-        choices = tuple(getattr(example, "choices", ()) or getattr(example, "options", ()))
+        choices = tuple(
+            getattr(example, "choices", ())
+            or getattr(example, "options", ())
+            or getattr(example, "option_texts", ())  # BBH: for strict grading
+        )
         graded = metrics.grade_output(
             output, answer=example.answer, answer_format=fmt, choices=choices, cot=cot
         )
@@ -319,6 +331,7 @@ class EntryKey:
     shots: int
     method: str
     subsample: int | None = None
+    split: str | None = None  # MMLU "val"/"test"; None for suites with one evaluation set
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,11 +350,18 @@ class EvalEntry:
     created: str = ""
     predictions_file: str | None = None
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    outcomes: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def key(self) -> EntryKey:
         return EntryKey(
-            self.checkpoint, self.suite, self.mode, self.shots, self.method, self.subsample
+            self.checkpoint,
+            self.suite,
+            self.mode,
+            self.shots,
+            self.method,
+            self.subsample,
+            self.split,
         )
 
     @property
@@ -361,6 +381,7 @@ class EvalEntry:
             "created": self.created,
             "predictions_file": self.predictions_file,
             "metadata": dict(self.metadata),
+            "outcomes": dict(sorted(self.outcomes.items())),
             "subtasks": {name: r.to_json() for name, r in sorted(self.subtasks.items())},
             "summary": self.summary,
         }
@@ -380,6 +401,7 @@ class EvalEntry:
             predictions_file=data.get("predictions_file"),
             metadata=dict(data.get("metadata") or {}),
             subtasks={n: SubtaskResult.from_json(r) for n, r in data["subtasks"].items()},
+            outcomes=dict(data.get("outcomes") or {}),
         )
 
 
@@ -396,9 +418,14 @@ def make_entry(
     split: str | None = None,
     predictions_file: str | None = None,
     metadata: Mapping[str, Any] | None = None,
+    outcomes: Mapping[str, str] | None = None,
 ) -> EvalEntry:
-    """Builds an entry stamped with the current UTC time; checks the subtask names now."""
+    """Builds an entry stamped with the current UTC time; checks the subtask names now.
+
+    An MMLU entry without a split is the "val" split (the evaluator's default)."""
     family = family or suite_family(suite)
+    if family == "mmlu" and split is None:
+        split = "val"
     if mode not in ("direct", "cot"):
         raise ValueError(f"mode must be 'direct' or 'cot', got {mode!r}")
     if shots < 0:
@@ -422,12 +449,30 @@ def make_entry(
         created=created,
         predictions_file=predictions_file,
         metadata=dict(metadata or {}),
+        outcomes=dict(outcomes or {}),
     )
+
+
+def outcomes_of(records: Iterable[PredictionRecord]) -> dict[str, str]:
+    """Per-subtask "0110..." strings of graded records, in record order (`bootstrap`)."""
+    bits: dict[str, list[str]] = {}
+    for record in records:
+        bits.setdefault(record.task, []).append("1" if record.correct else "0")
+    return {task: "".join(b) for task, b in sorted(bits.items())}
 
 
 def _sort_key(entry: EvalEntry) -> tuple[Any, ...]:
     k = entry.key
-    return (k.checkpoint, k.suite, k.mode, k.shots, k.method, k.subsample is not None, k.subsample)
+    return (
+        k.checkpoint,
+        k.suite,
+        k.split or "",
+        k.mode,
+        k.shots,
+        k.method,
+        k.subsample is not None,
+        k.subsample,
+    )
 
 
 def merge_entries(existing: Iterable[EvalEntry], new: Iterable[EvalEntry]) -> list[EvalEntry]:
@@ -486,12 +531,26 @@ def read_results(path: str | os.PathLike[str]) -> list[EvalEntry]:
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
             raise ValueError(f"schema_version {version!r}, this code reads {SCHEMA_VERSION}")
-        return [EvalEntry.from_json(item) for item in data["entries"]]
+        entries = [EvalEntry.from_json(item) for item in data["entries"]]
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise ValueError(
             f"cannot read results file {path}: {err}. Restore it, or move it aside to start a "
             "fresh one (evaluations in it would then be redone)"
         ) from err
+    return _legacy_split(entries, path)
+
+
+def _legacy_split(entries: list[EvalEntry], path: Path) -> list[EvalEntry]:
+    """MMLU entries written before the split was part of the key are read as "val"."""
+    old = [e for e in entries if e.split is None and (e.family or suite_family(e.suite)) == "mmlu"]
+    if not old:
+        return entries
+    print(
+        f"note: {path} has {len(old)} MMLU entries without a split (written before splits "
+        "were keyed); reading them as split 'val'",
+        file=sys.stderr,
+    )
+    return [dataclasses.replace(e, split="val") if e in old else e for e in entries]
 
 
 def write_results(path: str | os.PathLike[str], entries: Iterable[EvalEntry]) -> None:
@@ -550,11 +609,14 @@ def _pct(value: float | None) -> str:
 _TABLE_COLUMNS = (
     "checkpoint",
     "suite",
+    "split",
     "mode",
     "shots",
+    "eff_shots",
     "method",
     "n",
     "macro",
+    "macro_95ci",
     "micro",
     "bbh23",
     "STEM",
@@ -562,34 +624,61 @@ _TABLE_COLUMNS = (
     "soc",
     "other",
     "no_ans",
+    "at_cap",
 )
+
+
+def method_label(method: str) -> str:
+    """The method as shown in tables: rank classification is labelled "ranked"."""
+    return method.replace("scoring", "ranked")
+
+
+def effective_shots_text(entry: EvalEntry) -> str:
+    """Mean exemplars kept, "*" when fewer than the requested k on average ("-" if unknown)."""
+    eff = entry.metadata.get("effective_shots") or {}
+    if eff.get("mean") is None:
+        return "-"
+    return f"{eff['mean']:.2f}" + ("*" if eff["mean"] < entry.shots - 1e-9 else "")
+
+
+def _interval_text(entry: EvalEntry, statistic: str) -> str:
+    found = (entry.metadata.get("intervals") or {}).get(statistic)
+    return "-" if not found else f"[{100 * found[1]:.1f}, {100 * found[2]:.1f}]"
 
 
 def format_table(entries: Iterable[EvalEntry]) -> str:
     """A plain-text table, one row per entry, accuracies in percent; '-' marks missing.
 
-    macro/micro: averages over subtasks/questions; bbh23: BBH over its 23 tasks (macro is
-    over the 27 files); STEM/hum/soc/other: MMLU category macro averages; n: examples
-    (with "/k" when subsampled to k per subtask); no_ans: outputs without an answer.
+    macro/micro: averages over subtasks/questions; macro 95% CI: its bootstrap interval;
+    bbh23: BBH over its 23 tasks (macro is over the 27 files); STEM/hum/soc/other: MMLU
+    category macro averages; n: examples (with "/k" when subsampled to k per subtask);
+    eff_shots: mean exemplars kept in the prompts ("*": fewer than shots); no_ans: outputs
+    without an answer; at_cap: generations that hit the decode length cap; method "ranked":
+    rank classification over the options.
     """
     rows = [list(_TABLE_COLUMNS)]
     for entry in sorted(entries, key=_sort_key):
         s = entry.summary
         cats = s.get("categories", {})
         n = str(s["num_examples"]) + ("" if entry.subsample is None else f"/{entry.subsample}")
+        cap = (entry.metadata.get("decode_cap") or {}).get("hit")
         rows.append(
             [
                 entry.checkpoint,
                 entry.suite,
+                entry.split or "-",
                 entry.mode,
                 str(entry.shots),
-                entry.method,
+                effective_shots_text(entry),
+                method_label(entry.method),
                 n,
                 _pct(s["macro_avg"]),
+                _interval_text(entry, "macro"),
                 _pct(s["micro_avg"]),
                 _pct(s.get("macro_avg_tasks")),
                 *(_pct(cats.get(c, {}).get("macro_avg")) for c in MMLU_CATEGORY_NAMES),
                 str(s["num_no_answer"]),
+                "-" if cap is None else str(cap),
             ]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(_TABLE_COLUMNS))]

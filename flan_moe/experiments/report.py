@@ -5,10 +5,18 @@ result that is not there is shown as missing ("—" in Markdown/HTML, an empty
 cell in CSV), never as zero.
 
 Score definitions (as printed under each table):
-* MMLU: macro average over the 57 subjects (``summary.macro_avg``);
+* MMLU: macro average over the 57 subjects (``summary.macro_avg``, the paper's); the micro
+  average over questions (hendrycks / lm-eval) and the category averages are in results.json
+  and the eval CLI's table;
 * BBH: macro average over its 23 tasks (``summary.macro_avg_tasks``; the three
   logical_deduction and three tracking_shuffled_objects files each count once);
 * Average: mean of the four columns, only when all four are present.
+
+Every cell carries its 95% bootstrap interval "[low, high]" and, in few-shot tables, the mean
+effective shots next to the requested k ("3.2/5 shots*": * = fewer than k kept on average);
+every table ends with the "chance" and "constant answer" reference rows; every difference
+carries a paired-bootstrap interval and says "not significant" when that interval contains 0
+(`flan_moe.experiments.scores`). Captions name the MMLU split and the subsample.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from flan_moe.evaluation import results as results_lib
+from flan_moe.experiments import scores
+from flan_moe.experiments.scores import Cell, Selection
 
 # (suite family, mode) -> column name
 HELDOUT_COLUMNS = (
@@ -36,8 +46,9 @@ REASONING_COLUMNS = ((("gsm8k", "cot"), "GSM8K-CoT"), (("svamp", "cot"), "SVAMP-
 Columns = tuple[tuple[tuple[str, str], str], ...]
 # The evaluator caps shots at a suite's exemplar count (BBH has 3 per file) and records
 # the shots actually used; a k-shot column reads those entries.
-MAX_SHOTS = {"bbh": 3}
+MAX_SHOTS = scores.MAX_SHOTS
 MISSING = "—"
+NOT_SIGNIFICANT = "not significant"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,41 +66,45 @@ class Run:
     config_text: str = ""
 
 
-def entry_score(entry: results_lib.EvalEntry) -> float | None:
-    """The paper's number for an entry, in percent (None when not computable)."""
-    summary = entry.summary
-    value = summary.get("macro_avg_tasks") if entry.family == "bbh" else summary.get("macro_avg")
-    return None if value is None else 100.0 * value
+entry_score = scores.entry_score
 
 
 def run_scores(
-    run: Run, *, shots: int, method: str | None = None, columns: Columns = HELDOUT_COLUMNS
+    run: Run,
+    *,
+    shots: int,
+    method: str | None = None,
+    columns: Columns = HELDOUT_COLUMNS,
+    selection: Selection = scores.VAL_ALL,
 ) -> dict[str, float | None]:
-    """A run's column scores at a shot count (the newest entry wins) and their average."""
-    entries: list[results_lib.EvalEntry] = []
-    for path in run.results_files:
-        entries.extend(results_lib.read_results(path))
-    scores: dict[str, float | None] = {}
-    for (family, mode), column in columns:
-        matching = [
-            e
-            for e in entries
-            if (e.family or results_lib.suite_family(e.suite)) == family
-            and e.mode == mode
-            and e.shots == min(shots, MAX_SHOTS.get(family, shots))
-            and (method is None or e.method == method)
-        ]
-        matching.sort(key=lambda e: e.created)
-        scores[column] = entry_score(matching[-1]) if matching else None
-    present = [v for v in scores.values() if v is not None]
-    scores["Average"] = sum(present) / len(present) if len(present) == len(columns) else None
-    return scores
+    """A run's column scores at a shot count for a selection (the newest entry wins), and
+    their average."""
+    cells, _ = scores.run_cells(
+        run.results_files, columns, shots=shots, selection=selection, method=method
+    )
+    return {column: cell.value for column, cell in cells.items()}
 
 
 def _fmt(value: float | None, *, delta: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return MISSING
     return f"{value:+.1f}" if delta else f"{value:.1f}"
+
+
+def _cell_text(value: float | None, cell: Cell | None, *, delta: bool) -> str:
+    """ "26.3 [22.1, 30.5] (3.2/5 shots*)"; a difference adds "(not significant)"."""
+    text = _fmt(value, delta=delta)
+    if cell is None or value is None:
+        return text
+    if cell.interval is not None:
+        low, high = cell.interval
+        text += f" [{low:+.1f}, {high:+.1f}]" if delta else f" [{low:.1f}, {high:.1f}]"
+        if delta and cell.significant is False:
+            text += f" ({NOT_SIGNIFICANT})"
+    if cell.shots is not None:
+        mean, k = cell.shots
+        text += f" ({mean:.1f}/{k} shots{'*' if mean < k - 1e-9 else ''})"
+    return text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,17 +114,37 @@ class Table:
     rows: tuple[tuple[str, tuple[float | None, ...]], ...]
     note: str = ""
     delta_columns: int = 0  # trailing columns that are deltas to the baseline
+    cells: Mapping[str, Mapping[str, Cell]] = dataclasses.field(default_factory=dict)
+    all_deltas: bool = False  # every column is a difference (a differences table)
 
     def values(self) -> dict[str, dict[str, float | None]]:
         return {label: dict(zip(self.header[1:], vals)) for label, vals in self.rows}
 
+    def intervals(self) -> dict[str, dict[str, list[float] | None]]:
+        """{row: {column: [low, high] or None}} (tables.json's "intervals")."""
+        return {
+            label: {
+                col: list(c.interval)
+                if (c := self.cells.get(label, {}).get(col)) and c.interval
+                else None
+                for col in self.header[1:]
+            }
+            for label, _ in self.rows
+        }
+
+    def _texts(self, label: str, vals: tuple[float | None, ...]) -> list[str]:
+        n_plain = 0 if self.all_deltas else len(self.header) - 1 - self.delta_columns
+        row = self.cells.get(label, {})
+        return [
+            _cell_text(v, row.get(col), delta=i >= n_plain)
+            for i, (v, col) in enumerate(zip(vals, self.header[1:]))
+        ]
+
     def markdown(self) -> str:
         lines = [f"**{self.title}**", "", "| " + " | ".join(self.header) + " |"]
         lines.append("|" + "|".join("---" for _ in self.header) + "|")
-        n_plain = len(self.header) - 1 - self.delta_columns
         for label, vals in self.rows:
-            cells = [_fmt(v, delta=i >= n_plain) for i, v in enumerate(vals)]
-            lines.append("| " + " | ".join([label, *cells]) + " |")
+            lines.append("| " + " | ".join([label, *self._texts(label, vals)]) + " |")
         if self.note:
             lines += ["", self.note]
         return "\n".join(lines)
@@ -123,13 +158,12 @@ class Table:
         return buf.getvalue()
 
     def html(self) -> str:
-        n_plain = len(self.header) - 1 - self.delta_columns
         head = "".join(f"<th>{html.escape(h)}</th>" for h in self.header)
         body = "".join(
             "<tr><td>"
             + html.escape(label)
             + "</td>"
-            + "".join(f"<td>{_fmt(v, delta=i >= n_plain)}</td>" for i, v in enumerate(vals))
+            + "".join(f"<td>{html.escape(t)}</td>" for t in self._texts(label, vals))
             + "</tr>"
             for label, vals in self.rows
         )
@@ -141,10 +175,57 @@ class Table:
 
 
 SCORE_NOTE = (
-    "Accuracy in %. MMLU: macro average over 57 subjects; BBH: macro average over 23 "
-    "tasks; GSM8K/SVAMP: accuracy of the extracted final number; Average: mean of the "
-    f"columns (missing when any is missing). {MISSING} = no results.json entry."
+    "Accuracy in %. MMLU: macro average over the 57 subjects (the paper's); BBH: macro average "
+    "over 23 tasks; GSM8K/SVAMP: accuracy of the extracted final number; Average: mean of the "
+    "columns (missing when any is missing). [low, high]: 95% bootstrap interval (questions "
+    "resampled within subtasks, 1000 samples, seed 0). (m/k shots): mean exemplars kept of the "
+    "k requested, * = fewer than k. Rows 'chance' (uniform guess among the options) and "
+    "'constant answer' (always (A), or the most common exemplar answer) are the floors. "
+    f"{MISSING} = no results.json entry."
 )
+REFERENCE_ROWS = ("chance", "constant answer")
+
+
+def _caption(title: str, selection: Selection) -> str:
+    return f"{title} [{selection.caption()}]"
+
+
+def _methods_note(cells: Mapping[str, Mapping[str, Cell]], columns: Columns) -> str:
+    """Which method produced each column ("ranked" = rank classification over the options)."""
+    parts = []
+    for _, column in columns:
+        used = sorted(
+            {results_lib.method_label(row[column].method) for row in cells.values()
+             if column in row and row[column].method and row[column].value is not None}
+        )  # fmt: skip
+        if used:
+            parts.append(f"{column}: {', '.join(used)}")
+    return ("Methods: " + "; ".join(parts) + ".") if parts else ""
+
+
+def _cap_note(cells: Mapping[str, Mapping[str, Cell]]) -> str:
+    """Generations that hit the decode length cap (their answers may be cut off)."""
+    parts = [
+        f"{label} {column} {cell.at_cap[0]}/{cell.at_cap[1]}"
+        for label, row in cells.items()
+        for column, cell in row.items()
+        if cell.at_cap is not None and cell.at_cap[0] > 0
+    ]
+    return ("Generations that hit the decode cap: " + ", ".join(parts) + ".") if parts else ""
+
+
+def _with_references(
+    rows: list, cells: dict, columns: Columns, header: tuple[str, ...], selection: Selection
+) -> str:
+    """Appends the chance and constant-answer rows; returns a note when they cannot be made."""
+    try:
+        refs = scores.reference_cells(tuple(columns), selection)
+    except (OSError, ValueError) as err:  # no data here: say so under the table
+        return f"Reference rows unavailable: {err}"
+    for label in REFERENCE_ROWS:
+        cells[label] = refs[label]
+        rows.append((label, tuple(refs[label][c].value for c in header[1:])))
+    return ""
 
 
 def results_table(
@@ -154,37 +235,114 @@ def results_table(
     title: str,
     method: str | None = None,
     columns: Columns = HELDOUT_COLUMNS,
+    selection: Selection = scores.VAL_ALL,
+    references: bool = True,
 ) -> Table:
-    """Rows = models; columns e.g. MMLU-Direct, MMLU-CoT, BBH-Direct, BBH-CoT, Average."""
+    """Rows = models (+ chance, constant answer); columns e.g. MMLU-Direct, ..., Average."""
     header = ("Model", *(name for _, name in columns), "Average")
-    rows = []
+    rows, cells = [], {}
     for run in runs:
-        scores = run_scores(run, shots=shots, method=method, columns=columns)
-        rows.append((run.label, tuple(scores[c] for c in header[1:])))
-    return Table(title, header, tuple(rows), SCORE_NOTE)
+        cells[run.label], _ = scores.run_cells(
+            run.results_files, columns, shots=shots, selection=selection, method=method
+        )
+        rows.append((run.label, tuple(cells[run.label][c].value for c in header[1:])))
+    notes = [SCORE_NOTE, _methods_note(cells, columns), _cap_note(cells)]
+    if references:
+        notes.append(_with_references(rows, cells, columns, header, selection))
+    note = " ".join(n for n in notes if n)
+    return Table(_caption(title, selection), header, tuple(rows), note, cells=cells)
+
+
+def paired_cells(
+    a: Run, b: Run, *, shots: int, columns: Columns, selection: Selection, method=None
+) -> dict[str, Cell]:
+    """{column: the paired difference a - b} (percent points), "Average" included."""
+    cells_a, comps_a = scores.run_cells(
+        a.results_files, columns, shots=shots, selection=selection, method=method
+    )
+    cells_b, comps_b = scores.run_cells(
+        b.results_files, columns, shots=shots, selection=selection, method=method
+    )
+    out = {}
+    for _, column in columns:
+        va, vb = cells_a[column].value, cells_b[column].value
+        diff = None if va is None or vb is None else va - vb
+        out[column] = scores.difference_cell([comps_a[column]], [comps_b[column]], diff)
+    va, vb = cells_a["Average"].value, cells_b["Average"].value
+    diff = None if va is None or vb is None else va - vb
+    names = [c for _, c in columns]
+    out["Average"] = scores.difference_cell(
+        [comps_a[c] for c in names], [comps_b[c] for c in names], diff
+    )
+    return out
+
+
+def stated_differences(runs: Sequence[Run]) -> list[tuple[Run, Run]]:
+    """The differences a report states: each instruction-tuned run vs itself before
+    instruction tuning (``untuned_of``), and MoE vs dense at the same data fraction."""
+    pairs = []
+    for run in runs:
+        before = next((r for r in runs if r.attributes.get("untuned_of") == run.label), None)
+        if before is not None:
+            pairs.append((run, before))
+    tuned = [r for r in runs if "untuned_of" not in r.attributes]
+    for moe in (r for r in tuned if r.attributes.get("family") == "moe"):
+        for dense in (r for r in tuned if r.attributes.get("family") == "dense"):
+            if moe.attributes.get("data_fraction") == dense.attributes.get("data_fraction"):
+                pairs.append((moe, dense))
+    return pairs
+
+
+def differences_table(
+    pairs: Sequence[tuple[Run, Run]],
+    *,
+    shots: int,
+    title: str,
+    columns: Columns = HELDOUT_COLUMNS,
+    selection: Selection = scores.VAL_ALL,
+) -> Table:
+    """One row per stated difference "A − B" with paired-bootstrap intervals."""
+    header = ("Difference", *(name for _, name in columns), "Average")
+    rows, cells = [], {}
+    for a, b in pairs:
+        label = f"{a.label} − {b.label}"
+        cells[label] = paired_cells(a, b, shots=shots, columns=columns, selection=selection)
+        rows.append((label, tuple(cells[label][c].value for c in header[1:])))
+    note = (
+        "Differences in percent points with 95% paired-bootstrap intervals (the same resampled "
+        f"questions for both models); '{NOT_SIGNIFICANT}' = the interval contains 0."
+    )
+    return Table(_caption(title, selection), header, tuple(rows), note, cells=cells,
+                 all_deltas=True)  # fmt: skip
 
 
 def ablation_table(
-    runs: Sequence[Run], *, baseline: str, shots: int, title: str, method: str | None = None
+    runs: Sequence[Run],
+    *,
+    baseline: str,
+    shots: int,
+    title: str,
+    method: str | None = None,
+    selection: Selection = scores.VAL_ALL,
 ) -> Table:
-    """Like ``results_table`` plus the Average's delta to the baseline row."""
-    base = results_table(runs, shots=shots, title=title, method=method)
-    values = base.values()
-    if baseline not in values:
-        raise ValueError(f"baseline {baseline!r} is not one of the runs {list(values)}")
-    base_avg = values[baseline]["Average"]
+    """Like ``results_table`` plus the Average's paired difference to the baseline row."""
+    base = results_table(runs, shots=shots, title=title, method=method, selection=selection)
+    by_label = {run.label: run for run in runs}
+    if baseline not in by_label:
+        raise ValueError(f"baseline {baseline!r} is not one of the runs {list(by_label)}")
+    column = f"Δ Average vs {baseline}"
+    cells = {label: dict(row) for label, row in base.cells.items()}
     rows = []
     for label, vals in base.rows:
-        avg = values[label]["Average"]
-        delta = None if avg is None or base_avg is None else avg - base_avg
-        rows.append((label, (*vals, delta)))
-    return Table(
-        title,
-        (*base.header, f"Δ Average vs {baseline}"),
-        tuple(rows),
-        SCORE_NOTE,
-        delta_columns=1,
-    )
+        delta = None
+        if label in by_label:
+            delta = paired_cells(by_label[label], by_label[baseline], shots=shots,
+                                 columns=HELDOUT_COLUMNS, selection=selection,
+                                 method=method)["Average"]  # fmt: skip
+            cells[label][column] = delta
+        rows.append((label, (*vals, None if delta is None else delta.value)))
+    return Table(base.title, (*base.header, column), tuple(rows), base.note, delta_columns=1,
+                 cells=cells)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- figures
@@ -287,7 +445,12 @@ def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
     (out / "tables.json").write_text(
         json.dumps({t.title: t.values() for t in report.tables}, indent=2)
     )
-    markdown = "\n\n".join([f"# {report.title}", *(t.markdown() for t in report.tables)])
+    (out / "intervals.json").write_text(
+        json.dumps({t.title: t.intervals() for t in report.tables}, indent=2)
+    )
+    markdown = "\n\n".join(
+        [f"# {report.title}", *report.notes, *(t.markdown() for t in report.tables)]
+    )
     (out / "report.md").write_text(markdown + "\n")
 
     figures_html = "".join(

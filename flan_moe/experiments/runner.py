@@ -167,9 +167,9 @@ def _eval_command(
         f"--suites={','.join(experiment.eval_suites)}",
         f"--mode={mode}",
         f"--shots={shots}",
-        # Direct answers are ranked over the options (rank classification); chain of
-        # thought is generated and its final answer extracted.
-        f"--method={'score' if mode == 'direct' else 'generate'}",
+        # The Flan protocols: MMLU direct ranked over A-D (hendrycks / lm-eval); BBH direct
+        # and every chain of thought generated, then exact match / final-answer extraction.
+        "--method=paper",
         f"--max_decode_length={scale.max_decode_length}",
         f"--batch_size={scale.eval_batch_size}",
         f"--max_input_length={scale.eval_max_input_length}",
@@ -412,6 +412,7 @@ def build_report(
     ]
     out = root / "report"
     out.mkdir(parents=True, exist_ok=True)
+    selection = report.Selection(split="val", subsample=scale.eval_subsample)
     tables: list[report.Table] = []
     for shots in shot_counts(experiment, scale):
         shots_text = (
@@ -422,16 +423,18 @@ def build_report(
         if experiment.finetune:
             shots_text = "zero-shot after finetuning"
         title = f"{experiment.title} — {shots_text} ({scale.name} scale)"
-        if experiment.finetune:
-            tables.append(report.results_table(runs, shots=shots, title=title,
-                                               columns=report.REASONING_COLUMNS))  # fmt: skip
-        elif experiment.baseline:
-            tables.append(
-                report.ablation_table(runs, baseline=experiment.baseline, shots=shots, title=title)
-            )
+        columns = report.REASONING_COLUMNS if experiment.finetune else report.HELDOUT_COLUMNS
+        if experiment.baseline and not experiment.finetune:
+            tables.append(report.ablation_table(runs, baseline=experiment.baseline, shots=shots,
+                                                title=title, selection=selection))  # fmt: skip
         else:
-            tables.append(report.results_table(runs, shots=shots, title=title))
-    figs = figures.draw(experiment, runs, out, few_shot=scale.few_shot)
+            tables.append(report.results_table(runs, shots=shots, title=title, columns=columns,
+                                               selection=selection))  # fmt: skip
+        if pairs := report.stated_differences(runs):
+            tables.append(report.differences_table(pairs, shots=shots, columns=columns,
+                                                   title=f"Differences — {title}",
+                                                   selection=selection))  # fmt: skip
+    figs = figures.draw(experiment, runs, out, few_shot=scale.few_shot, selection=selection)
     notes = (
         f"Reproduces: {experiment.paper_result}.",
         f"Scale {scale.name}: instruction tuning {scale.instruction_tune_steps} steps, "

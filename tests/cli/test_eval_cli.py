@@ -61,6 +61,7 @@ def _args(model_dir: Path, data_root: Path, *extra: str) -> list[str]:
         "--shots=0",
         "--subsample=1",
         "--batch_size=32",
+        "--max_decode_length=2",
         f"--data_dir={data_root}",
         "--no_progress",
         *extra,
@@ -145,3 +146,115 @@ def test_shots_are_capped_per_suite_and_bad_flags_are_named(tmp_path, data_root,
         )
     with pytest.raises(SystemExit, match="no complete checkpoint"):
         eval_cli.main([f"--checkpoint_dir={tmp_path}"])
+
+
+def test_val_and_test_splits_are_separate_entries(tmp_path, data_root, capsys):
+    """--split=val then --split=test into one folder: two entries (n=1531 and n=14042), two
+    prediction files; the test run neither skips nor returns the val numbers."""
+    common = ["--baseline=constant", f"--output_dir={tmp_path}", "--suites=mmlu",
+              f"--data_dir={data_root}", "--no_progress"]  # fmt: skip
+    assert eval_cli.main([*common, "--split=val"]) == 0
+    assert eval_cli.main([*common, "--split=test"]) == 0
+    entries = results.read_results(tmp_path / "results.json")
+    by_split = {e.split: e for e in entries}
+    assert sorted(by_split) == ["test", "val"]
+    assert by_split["val"].summary["num_examples"] == 1531
+    assert by_split["test"].summary["num_examples"] == 14042
+    assert by_split["val"].predictions_file != by_split["test"].predictions_file
+    for entry in entries:
+        assert (tmp_path / entry.predictions_file).exists()
+        low_high = entry.metadata["intervals"]["macro"]
+        assert low_high[1] <= entry.summary["macro_avg"] <= low_high[2]
+    # a second --split=test run skips: it is already there
+    capsys.readouterr()
+    assert eval_cli.main([*common, "--split=test"]) == 0
+    assert "skip baseline mmlu test" in capsys.readouterr().out
+
+
+def test_old_results_without_split_are_read_as_val(tmp_path, capsys):
+    subtasks = {"anatomy": results.SubtaskResult(1, 2)}
+    entry = results.make_entry(checkpoint="c", suite="mmlu", mode="direct", shots=0,
+                               method="generation", subtasks=subtasks)  # fmt: skip
+    data = {"schema_version": 1, "entries": [{**entry.to_json(), "split": None}]}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(data))
+    (read,) = results.read_results(path)
+    assert read.split == "val" and read.key.split == "val"
+    assert "reading them as split 'val'" in capsys.readouterr().err
+
+
+def test_sweep_writes_eval_scalars_for_tensorboard(model_dir, data_root, tmp_path):
+    out = tmp_path / "sweep"
+    assert eval_cli.main(_args(model_dir, data_root, f"--output_dir={out}")) == 0
+    lines = [json.loads(x) for x in (out / "eval" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2]
+    entries = {e.checkpoint: e for e in results.read_results(out / "results.json")}
+    tag = "bbh/direct_0shot_generation_sub1"
+    for line in lines:
+        entry = entries[f"checkpoint_{line['step']}"]
+        assert line[f"{tag}/macro"] == pytest.approx(100 * entry.summary["macro_avg"])
+        assert line[f"{tag}/bbh23"] == pytest.approx(100 * entry.summary["macro_avg_tasks"])
+    assert list((out / "eval").glob("events.out.tfevents.*"))
+
+
+def _hf_t5_folder(path: Path, data_root: Path) -> Path:
+    """A random-weight HF T5 v1.1 folder (untied head) with a small SentencePiece vocabulary."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    spm = pytest.importorskip("sentencepiece")
+    path.mkdir()
+    lines = [
+        ex["input"]
+        for name in ("boolean_expressions", "navigate", "web_of_lies")
+        for ex in json.loads((data_root / f"bbh/bbh/{name}.json").read_text())["examples"]
+    ]
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_prefix=str(path / "spiece"), vocab_size=120,
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1, hard_vocab_limit=False,
+        minloglevel=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    config = transformers.T5Config(
+        vocab_size=128, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )  # fmt: skip
+    model = transformers.T5ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+        model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight))
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.mark.slow  # torch + transformers + a SentencePiece training: ~30 s on 2 busy cores
+def test_hugging_face_folder_is_evaluated_with_its_vocabulary(tmp_path, data_root):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    folder = _hf_t5_folder(tmp_path / "t5", data_root)
+    out = tmp_path / "out"
+    argv = [f"--hf_model_dir={folder}", f"--output_dir={out}", "--suites=bbh", "--mode=direct",
+            "--shots=0", "--subsample=1", "--max_decode_length=4", "--max_input_length=128",
+            "--batch_size=32",
+            f"--data_dir={data_root}", "--no_progress"]  # fmt: skip
+    assert eval_cli.main(argv) == 0
+    (entry,) = results.read_results(out / "results.json")
+    assert entry.checkpoint == "hf_t5" and entry.summary["num_examples"] == 27
+    assert entry.metadata["vocabulary"] == str(folder / "spiece.model")
+    # Our greedy output equals Hugging Face's greedy generation on the same token ids.
+    from flan_moe.data import heldout
+    from flan_moe.data.vocabularies import get_vocabulary
+
+    vocab = get_vocabulary(str(folder / "spiece.model"))
+    record = next(
+        r for r in results.read_predictions_jsonl(out / entry.predictions_file)
+        if r.task == "boolean_expressions"
+    )  # fmt: skip
+    example = heldout.load_suite("bbh", mode="direct", shots=0, data_dir=str(data_root))[
+        "boolean_expressions"
+    ][0]
+    ids = torch.tensor([(vocab.encode(example.inputs) + [1])[-128:]])  # cut from the left
+    hf = transformers.T5ForConditionalGeneration.from_pretrained(folder).eval()
+    generated = hf.generate(ids, max_new_tokens=4, do_sample=False, num_beams=1)
+    assert record.output == vocab.decode(generated[0, 1:].tolist())

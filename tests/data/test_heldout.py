@@ -24,8 +24,38 @@ def test_mmlu_counts_categories_and_golden(data_dir):
     assert (ex.answer, ex.target, ex.options) == ("D", "D", ("A", "B", "C", "D"))
     assert ex.choices[3] == "Homeostasis" and ex.category == "other"
     cot = heldout.load_suite("mmlu", mode="cot", shots=0, split="val")["anatomy"][0]
-    assert cot.inputs.endswith("D. Homeostasis\nAnswer: Let's think step by step.")
-    assert cot.target == "So the answer is D."
+    assert cot.inputs.endswith(
+        "Q: Which of the following terms describes the body's ability to maintain its normal "
+        "state?\n(A) Anabolism (B) Catabolism (C) Tolerance (D) Homeostasis\n"
+        "A: Let's think step by step."
+    )
+    assert cot.target == "The answer is (D)." and cot.shots_used == 0
+
+
+def test_mmlu_cot_uses_flan_cot_exemplars(data_dir):
+    """5-shot CoT = the Flan prompt of the subject (as published) + the Q/A query block."""
+    flan = json.loads((data_dir / "mmlu" / "flan_cot_prompts.json").read_text())
+    suite = heldout.load_suite("mmlu", mode="cot", shots=5, split="val")
+    query = suite["anatomy"][0].inputs.rsplit("\n\n", 1)[1]
+    assert suite["anatomy"][0].inputs == flan["anatomy"].strip() + "\n\n" + query
+    assert suite["anatomy"][0].shots_used == 5
+    # Flan's human_aging prompt has 4 exemplars: 4 effective shots, not 5.
+    assert {e.shots_used for e in suite["human_aging"]} == {4}
+    one = heldout.load_suite("mmlu", mode="cot", shots=1, split="val")["anatomy"][0]
+    assert one.inputs.count("\nA: Let's think step by step.") == 2
+    assert one.inputs.count("The answer is (") == 1
+
+
+def test_effective_shots_and_bbh_options(data_dir):
+    full = heldout.load_suite("bbh", mode="direct", shots=3)["date_understanding"][0]
+    assert full.shots_used == 3
+    assert full.option_texts[:2] == ("12/11/1937", "12/25/1937")
+    fitted = heldout.load_suite(
+        "bbh", mode="cot", shots=3, max_input_tokens=len(full.inputs.encode()) + 1
+    )["date_understanding"][0]
+    assert fitted.shots_used < 3 and fitted.inputs.count("Q: ") == fitted.shots_used + 1
+    assert heldout.bbh_option_texts("x\nOptions:\n(A) a b\n(B) c") == ("a b", "c")
+    assert heldout.bbh_option_texts("no options here") == ()
     assert (
         sum(map(len, heldout.load_suite("mmlu", mode="direct", shots=5, split="test").values()))
         == 14042

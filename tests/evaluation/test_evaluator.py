@@ -197,3 +197,25 @@ def test_sharded_generation_equals_single_device(tiny, data_root):
         **kwargs,
     )
     assert [r.output for r in sharded.records] == [r.output for r in single.records]
+
+
+def test_default_decode_caps_fit_the_reference_answers(data_dir):
+    from flan_moe.data import heldout
+    from flan_moe.data.vocabularies import get_vocabulary
+
+    vocab = get_vocabulary("byte")
+    for suite, mode in (("bbh", "cot"), ("bbh", "direct"), ("mmlu", "cot"), ("gsm8k", "cot")):
+        cap = evaluator.default_max_decode_len(suite, mode, "byte", str(data_dir))
+        longest = max(len(vocab.encode(a)) for a in heldout.reference_answers(suite, mode))
+        assert longest + 1 <= cap <= 1.25 * longest + 17 and cap % 16 == 0
+    # BBH CoT exemplar answers run to 1773 bytes: far above the old 256/512-token caps
+    assert evaluator.default_max_decode_len("bbh", "cot", "byte", str(data_dir)) == 2224
+
+
+def test_effective_shots_distribution():
+    class Ex:
+        def __init__(self, kept):
+            self.shots_used = kept
+
+    found = evaluator.effective_shots([Ex(5), Ex(3), Ex(5), Ex(0)], 5)
+    assert found == {"requested": 5, "counts": {"0": 1, "3": 1, "5": 2}, "mean": 3.25}

@@ -295,3 +295,100 @@ def test_option_label():
     assert [metrics.option_label(i) for i in range(3)] == ["(A)", "(B)", "(C)"]
     with pytest.raises(ValueError, match="outside"):
         metrics.option_label(26)
+
+
+# ----------------------------------------------------------------------- strict grading
+
+
+@pytest.mark.parametrize(
+    "output, correct",
+    [
+        ("(A)", True),
+        ("A", True),
+        ("(A).", True),
+        ("a", True),
+        ("(A) circle", True),
+        ("(A) circle, because it has no corners", True),
+        ("(A) or (B)", False),  # a hedge naming the gold label is still wrong
+        ("A or B", False),
+        ("(A)/(B)", False),
+        ("(A) (B)", False),
+        ("A. B.", False),
+        ("(A) square", False),  # the gold label with another option's text
+        ("(B)", False),
+        ("(A) because (B) is too small", False),  # the explanation names a second option
+    ],
+)
+def test_strict_option_grading_bbh(output, correct):
+    graded = metrics.grade_output(
+        output, answer="(A)", answer_format="exact", choices=("circle", "square")
+    )
+    assert graded.correct is correct
+
+
+@pytest.mark.parametrize(
+    "output, letter",
+    [
+        ("B", "B"),
+        ("(B)", "B"),
+        ("B. Paris", "B"),
+        ("Paris", "B"),
+        ("B\nExplanation: it is the capital of France.", "B"),
+        ("(A) or (B)", None),
+        ("B or C", None),
+        ("(B) Rome", None),  # label B with the text of option C
+    ],
+)
+def test_strict_choice_extraction_mmlu_direct(output, letter):
+    graded = metrics.grade_output(
+        output, answer="B", answer_format="choice", choices=("Lyon", "Paris", "Rome", "Nice")
+    )
+    assert graded.extracted == letter and graded.correct is (letter == "B")
+
+
+def test_cot_grading_reads_the_final_answer_only():
+    choices = ("Lyon", "Paris", "Rome", "Nice")
+    reasoning = "(A) is in the south and (C) is in Italy. The answer is (B)."
+    assert metrics.grade_output(reasoning, answer="B", answer_format="choice",
+                                choices=choices, cot=True).correct  # fmt: skip
+    # Flan CoT grading needs "The answer is (X)": a bare letter is no answer.
+    bare = metrics.grade_output("B", answer="B", answer_format="choice", choices=choices, cot=True)
+    assert bare.extracted is None and not bare.correct
+    hedge = "So the answer is (B) or (C)."
+    assert not metrics.grade_output(hedge, answer="B", answer_format="choice",
+                                    choices=choices, cot=True).correct  # fmt: skip
+    # BBH CoT: the text after the LAST "So the answer is", to the end of that sentence.
+    two = "So the answer is (A). Wait, no. So the answer is (B). Next Q: more"
+    graded = metrics.grade_output(two, answer="(B)", answer_format="exact", cot=True)
+    assert graded.extracted == "(B)" and graded.correct
+
+
+@pytest.mark.parametrize(
+    "output, target, correct",
+    [
+        ("] ) >", "] ) >", True),  # dyck: brackets kept, spaces count
+        ("]) >", "] ) >", False),
+        ("] ) > ]", "] ) >", False),
+        ("apple banana cherry", "apple banana cherry", True),  # word_sorting lists
+        ("apple cherry banana", "apple banana cherry", False),
+        ("apple, banana, cherry", "apple banana cherry", False),
+    ],
+)
+def test_exact_match_sequences(output, target, correct):
+    assert metrics.grade_output(output, answer=target, answer_format="exact").correct is correct
+
+
+@pytest.mark.parametrize(
+    "output, correct",
+    [
+        ("So the answer is 1,234.", True),
+        ("So the answer is $1,234.", True),
+        ("So the answer is 1234 dollars.", True),
+        ("She pays $1,234.00 in total.", True),
+        ("So the answer is 1,234 km.", True),
+        ("So the answer is 12,34.", False),
+        ("So the answer is 1,235.", False),
+    ],
+)
+def test_gsm8k_numbers_with_commas_units_and_dollars(output, correct):
+    assert metrics.grade_output(output, answer="1234", answer_format="number").correct is correct

@@ -175,7 +175,7 @@ def test_merge_has_entry_and_skip(tmp_path):
     assert results.find_entry(on_disk, first.key).subtasks["anatomy"] == R(3, 3)  # new wins
     assert results.has_entry(path, other.key)
     assert results.has_entry(
-        str(path), EntryKey("checkpoint_100", "mmlu", "direct", 5, "generation", 2)
+        str(path), EntryKey("checkpoint_100", "mmlu", "direct", 5, "generation", 2, "val")
     )
     assert not results.has_entry(path, EntryKey("checkpoint_100", "mmlu", "cot", 5, "generation"))
     assert not results.has_entry(
@@ -249,6 +249,7 @@ def test_format_table_shows_missing_as_dash():
     assert lines[0].split() == list(results._TABLE_COLUMNS)
     mmlu_row = next(line for line in lines if " mmlu " in line).split()
     # macro (66.7 + 25) / 2 = 45.8; micro 3 / 7 = 42.9; bbh23 missing; STEM 25.0; hum/soc -.
-    assert mmlu_row[5:] == ["7", "45.8", "42.9", "-", "25.0", "-", "-", "66.7", "0"]
+    assert mmlu_row[2] == "val"
+    assert mmlu_row[7:] == ["7", "45.8", "-", "42.9", "-", "25.0", "-", "-", "66.7", "0", "-"]
     bbh_row = next(line for line in lines if " bbh " in line).split()
-    assert bbh_row[5:] == ["2/2", "50.0", "50.0", "50.0", "-", "-", "-", "-", "0"]
+    assert bbh_row[7:] == ["2/2", "50.0", "-", "50.0", "50.0", "-", "-", "-", "-", "0", "-"]

@@ -64,6 +64,8 @@ def test_table_values_equal_results_json(finished):
     for plan in runner.plan_experiment(experiment, scale, root):
         entries = R.read_results(runner.results_files(plan.final_model_dir)[0])
         for title, table in tables.items():
+            if title.startswith("Differences"):
+                continue
             shots = 0 if "zero-shot" in title else scale.few_shot
             row = table[plan.run.label]
             for (family, mode), column in report.HELDOUT_COLUMNS:
@@ -76,6 +78,7 @@ def test_table_values_equal_results_json(finished):
                 assert row[column] == pytest.approx(100 * value)
                 checked += 1
     assert checked == 4 * 2 * 4
+    assert all("[MMLU val split; first 1 per subtask]" in title for title in tables)
     html = paths["report.html"].read_text()
     assert "<table>" in html and "instruction_tuning_gain.png" in html
     png = paths["report.html"].parent / "instruction_tuning_gain.png"
@@ -114,3 +117,37 @@ def test_pretrained_models_start_instruction_tuning_and_are_the_before_rows(fini
     for line in pretrain_config.splitlines():
         if line.startswith(("BATCH_SIZE", "TRAIN_STEPS", "TASK_FEATURE_LENGTHS")):
             assert line in dense_config
+
+
+def test_report_shows_uncertainty_references_and_effective_shots(finished):
+    experiment, scale, base, outcomes, paths, log = finished
+    md = paths["report.md"].read_text()
+    tables = json.loads((paths["report.md"].parent / "tables.json").read_text())
+    intervals = json.loads((paths["report.md"].parent / "intervals.json").read_text())
+    results_titles = [t for t in tables if not t.startswith("Differences")]
+    for title in results_titles:
+        # chance and constant-answer rows in every table; MMLU chance is 1/4
+        assert tables[title]["chance"]["MMLU-Direct"] == pytest.approx(25.0)
+        assert tables[title]["constant answer"]["MMLU-Direct"] is not None
+        # every model cell has an interval around its value
+        for label, row in tables[title].items():
+            if label == "chance":
+                continue
+            for column, value in row.items():
+                low, high = intervals[title][label][column]
+                assert low - 1e-9 <= value <= high + 1e-9
+    # the few-shot table shows effective shots next to the requested k
+    assert f"/{scale.few_shot} shots" in md
+    # each stated difference has a paired interval; those containing 0 are "not significant"
+    differences = [t for t in tables if t.startswith("Differences")]
+    assert differences
+    for title in differences:
+        section = md.split(f"**{title}**", 1)[1].split("\n**", 1)[0]
+        for label, row in tables[title].items():
+            line = next(x for x in section.splitlines() if x.startswith(f"| {label} |"))
+            cells = line.strip("| ").split(" | ")[1:]
+            for column, cell in zip(row, cells):
+                low, high = intervals[title][label][column]
+                assert ("not significant" in cell) is (low <= 0 <= high), (column, cell)
+    assert "not significant" in md
+    assert "ranked" in md  # MMLU direct is rank classification, labelled as such

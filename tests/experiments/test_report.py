@@ -116,4 +116,70 @@ def test_report_renders_with_figures(tmp_path, runs, name):
         assert png.exists() and png.stat().st_size > 1000
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((out / "tables.json").read_text())
-    assert saved["held-out"]["A"]["MMLU-Direct"] == pytest.approx(25.0)
+    assert saved["held-out [MMLU val split; all examples]"]["A"]["MMLU-Direct"] == pytest.approx(
+        25.0
+    )
+
+
+def _entry_with_outcomes(suite, mode, bits_by_subtask, subsample=4):
+    subtasks = {s: R.SubtaskResult(b.count("1"), len(b)) for s, b in bits_by_subtask.items()}
+    return R.make_entry(
+        checkpoint="c", suite=suite, mode=mode, shots=0, method="generation",
+        subtasks=subtasks, subsample=subsample, outcomes=bits_by_subtask,
+    )  # fmt: skip
+
+
+def test_intervals_references_and_significance(tmp_path, data_dir):
+    subjects = sorted(R.MMLU_CATEGORIES)
+    strong = {s: "1110" for s in subjects}  # 75% everywhere
+    weak = {s: "1000" for s in subjects}  # 25% everywhere
+    files = {}
+    for name, bits in (("strong", strong), ("weak", weak), ("weak2", weak)):
+        files[name] = _write(tmp_path / f"{name}.json",
+                             [_entry_with_outcomes("mmlu", "direct", bits)])  # fmt: skip
+    # A val entry with every example must not stand in for the subsampled selection:
+    stray = _entry_with_outcomes("mmlu", "direct", strong, subsample=None)
+    _write(tmp_path / "stray.json", [stray])
+    runs = [report.Run(n, (files[n],)) for n in ("strong", "weak", "weak2")]
+    runs.append(report.Run("stray", (str(tmp_path / "stray.json"),)))
+    columns = ((("mmlu", "direct"), "MMLU-Direct"),)
+    selection = report.Selection(split="val", subsample=4)
+    table = report.results_table(runs, shots=0, title="t", columns=columns, selection=selection)
+    values, intervals = table.values(), table.intervals()
+    assert values["strong"]["MMLU-Direct"] == pytest.approx(75.0)
+    low, high = intervals["strong"]["MMLU-Direct"]
+    assert low < 75.0 < high
+    assert values["stray"]["MMLU-Direct"] is None  # other subsample: not selected
+    assert values["chance"]["MMLU-Direct"] == pytest.approx(25.0)
+    assert values["constant answer"]["MMLU-Direct"] is not None
+    assert "first 4 per subtask" in table.title and "MMLU val split" in table.title
+    diffs = report.differences_table(
+        [(runs[0], runs[1]), (runs[1], runs[2])], shots=0, title="d", columns=columns,
+        selection=selection,
+    )  # fmt: skip
+    lines = diffs.markdown().splitlines()
+    significant = next(x for x in lines if x.startswith("| strong − weak |"))
+    same = next(x for x in lines if x.startswith("| weak − weak2 |"))
+    assert "+50.0 [" in significant and report.NOT_SIGNIFICANT not in significant
+    assert "+0.0 [+0.0, +0.0] (not significant)" in same
+
+
+def test_chance_uses_each_subtasks_whole_answer_set(data_dir):
+    # boolean_expressions: True/False -> 1/2 even when one example is selected; dyck_languages
+    # is free-form -> 0; date_understanding lists its options -> 1/#options.
+    from flan_moe.experiments import scores
+
+    cell = scores.chance_cell("bbh", "direct", report.Selection(subsample=1))
+    examples = scores._examples("bbh", "direct", "val", 1)
+    per_task = {}
+    for name, (ex,) in examples.items():
+        if ex.option_texts:
+            value = 1 / len(ex.option_texts)
+        elif name in ("boolean_expressions", "causal_judgement", "formal_fallacies",
+                      "navigate", "sports_understanding", "web_of_lies"):  # fmt: skip
+            value = 1 / 2  # two answers in the whole file (True/False, Yes/No, valid/invalid)
+        else:
+            value = 0.0  # free-form: dyck, word_sorting, arithmetic, counting
+        per_task.setdefault(R.bbh_task_of(name), []).append(value)
+    expected = 100 * sum(sum(v) / len(v) for v in per_task.values()) / len(per_task)
+    assert cell.value == pytest.approx(expected)
