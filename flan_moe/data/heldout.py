@@ -263,7 +263,7 @@ def mmlu_cot_prompts(root: str) -> dict[str, tuple[str, tuple[str, ...]]]:
     """{subject: (header, exemplars)} of Flan's MMLU CoT prompts (``flan_cot_prompts.json``);
     each exemplar is a whole "Q: ... The answer is (X)." block."""
     path = paths.data_file("mmlu/flan_cot_prompts.json", root=root)
-    prompts = json.loads(path.read_text("utf-8"))
+    prompts = read_json(path, expected='{"<subject>": "<header> Q: ... The answer is (X)."}')
     out = {}
     for subject in MMLU_SUBJECTS:
         if subject not in prompts:
@@ -496,7 +496,8 @@ def reference_answers(suite: str, mode: str, *, data_dir: str | None = None) -> 
             if mode == "cot":
                 out += [f"{s.rationale} So the answer is {s.answer}." for s in shots]
             else:
-                data = json.loads(paths.data_file(f"bbh/bbh/{stem}.json", root=root).read_text())
+                bbh_file = paths.data_file(f"bbh/bbh/{stem}.json", root=root)
+                data = read_json(bbh_file, expected=BBH_LAYOUT)
                 out += [s.answer for s in shots] + [ex["target"] for ex in data["examples"]]
         return out
     shots = gsm8k_train_exemplars(MAX_SHOTS[suite], data_dir=root)
