@@ -17,6 +17,7 @@ recomputed from x and the layer's kernels (float32, no dropout).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -94,37 +95,46 @@ def _layer_params(params: Any, layer: str) -> Mapping[str, jax.Array]:
     return params[stack][name]["mlp"]
 
 
-def batch_scores(
-    config: ModelConfig, params: Any, batch: Batch
-) -> dict[str, tuple[np.ndarray, int]]:
-    """{layer: (sum over real tokens of |h * dL/dh| [d_ff], #real tokens)} for one batch."""
-    config = config.replace(dtype="float32", dropout_rate=0.0)
-    enc = np.asarray(batch["encoder_input_tokens"])
-    targets = np.asarray(batch["decoder_target_tokens"])
+@functools.partial(jax.jit, static_argnums=0)
+def _score_sums(config: ModelConfig, params: Any, batch: Mapping[str, jax.Array]) -> dict:
+    enc, targets = batch["encoder_input_tokens"], batch["decoder_target_tokens"]
     layers = dense_layer_names(config)
-    shapes = {
-        name: (*(enc.shape if name.startswith("encoder") else targets.shape), config.d_model)
+    deltas = {
+        name: jnp.zeros(
+            (*(enc.shape if name.startswith("encoder") else targets.shape), config.d_model)
+        )
         for name in layers
     }
-    deltas = {name: jnp.zeros(shape, jnp.float32) for name, shape in shapes.items()}
-    weights = jnp.asarray(targets > 0, jnp.float32)
+    weights = (targets > 0).astype(jnp.float32)
 
     def loss(deltas):
         logits, captured = run_with_mlp_hooks(config, params, batch, deltas)
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        nll = -jnp.take_along_axis(logp, jnp.asarray(targets)[..., None], axis=-1)[..., 0]
+        nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
         return jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0), captured
 
     grads, captured = jax.grad(loss, has_aux=True)(deltas)
     out = {}
     for name in layers:
         mlp = _layer_params(params, name)
-        valid = jnp.asarray((enc if name.startswith("encoder") else targets) > 0, jnp.float32)
+        valid = ((enc if name.startswith("encoder") else targets) > 0).astype(jnp.float32)
         h = _hidden(config, mlp, captured[name])
-        dh = grads[name] @ jnp.asarray(mlp["wo"]).T
-        score = jnp.einsum("blf,bl->f", jnp.abs(h * dh), valid)
-        out[name] = (np.asarray(score, np.float64), int(np.asarray(valid).sum()))
+        dh = grads[name] @ mlp["wo"].T
+        out[name] = (jnp.einsum("blf,bl->f", jnp.abs(h * dh), valid), jnp.sum(valid))
     return out
+
+
+def batch_scores(
+    config: ModelConfig, params: Any, batch: Batch
+) -> dict[str, tuple[np.ndarray, int]]:
+    """{layer: (sum over real tokens of |h * dL/dh| [d_ff], #real tokens)} for one batch."""
+    config = config.replace(dtype="float32", dropout_rate=0.0)
+    batch = {
+        k: jnp.asarray(batch[k], jnp.int32)
+        for k in ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
+    }
+    sums = _score_sums(config, params, batch)
+    return {k: (np.asarray(v, np.float64), int(n)) for k, (v, n) in sums.items()}
 
 
 def importance_scores(
