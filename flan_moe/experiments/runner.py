@@ -179,14 +179,22 @@ def plan_run(
     name = slug(run.label)
     stages: list[pipeline.Stage] = []
     model_dir: Path | None = None
+    initial: Path | None = None
+    if run.construction is not None:
+        from flan_moe.experiments import construction_stages
+
+        built, initial, run = construction_stages.plan_construction(
+            scale, run, root, in_process=in_process
+        )
+        stages += built
     if experiment.instruction_tune:
         stage = f"{name}/instruction_tune"
         model_dir = pipeline.stage_dir(root, stage) / "model"
         steps = max(1, round(scale.instruction_tune_steps * run.step_fraction))
         stages.append(_stage(stage, _train_command(
             scale, run, model_dir=model_dir, task=INSTRUCTION_MIXTURE, steps=steps,
-            initial_checkpoint=None, run_gin="instruction_tune.gin",
-        ), (), in_process))  # fmt: skip
+            initial_checkpoint=initial, run_gin="instruction_tune.gin",
+        ), tuple(s.name for s in stages[-1:]), in_process))  # fmt: skip
     if experiment.finetune:
         stage = f"{name}/finetune"
         init = model_dir
@@ -229,6 +237,11 @@ def plan_experiment(
     experiment: Experiment, scale: Scale, root: Path, *, in_process: bool = False
 ) -> list[RunPlan]:
     plans = [plan_run(experiment, scale, r, root, in_process=in_process) for r in experiment.runs]
+    if any(r.construction is not None for r in experiment.runs):
+        from flan_moe.experiments.construction_stages import dedupe_shared_stages
+
+        unique = dedupe_shared_stages([p.stages for p in plans])
+        plans = [dataclasses.replace(p, stages=s) for p, s in zip(plans, unique, strict=True)]
     if "instruction_tuning_gain" in experiment.figures:
         plans += [
             plan_untuned(experiment, scale, r, root, in_process=in_process) for r in experiment.runs
