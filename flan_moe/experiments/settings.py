@@ -330,8 +330,6 @@ def _moe_init(scale: Scale) -> Experiment:
     scratch = (("MODEL_OVERRIDES", moe_overrides(scale, upcycle)),)
     runs = [
         ModelRun("MoE from scratch", "switch", bindings=scratch, attributes={"init": "scratch"}),
-        ModelRun("dense (continued)", "dense", construction=Construction(),
-                 attributes={"init": "dense"}),
         ModelRun("upcycled", "switch", construction=Construction(upcycle),
                  attributes={"init": "upcycle"}),
         ModelRun("upcycled, router frozen first 25%", "switch",
@@ -341,6 +339,8 @@ def _moe_init(scale: Scale) -> Experiment:
     for label, recipe, flags in splits:
         runs.append(ModelRun(f"split: {label}", "switch", construction=Construction(recipe, flags),
                              attributes={"init": f"split_{recipe.method}"}))  # fmt: skip
+    runs.append(ModelRun("dense (continued)", "dense", construction=Construction(),
+                         attributes={"init": "dense"}))  # fmt: skip
     return _ablation(
         "ablation_moe_init", "Ablation: MoE initialisation (scratch vs upcycled vs split)",
         "Komatsuzaki et al. 2022 (sparse upcycling); Zhu et al. 2024 (LLaMA-MoE splits)",

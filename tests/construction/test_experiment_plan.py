@@ -11,6 +11,7 @@ def test_moe_init_plan(tmp_path):
     plans = runner.plan_experiment(experiment, scale, tmp_path)
     names = [s.name for p in plans for s in p.stages]
     assert len(names) == len(set(names)) and names.count("dense_source/train") == 1
+    assert names.index("dense_source/train") < names.index("upcycled/construct")
     by_label = {p.run.label: p for p in plans}
     assert len(by_label) == 8 and experiment.baseline == "MoE from scratch"
     for label, plan in by_label.items():
@@ -18,7 +19,8 @@ def test_moe_init_plan(tmp_path):
         constructed = plan.run.construction is not None and plan.run.construction.recipe
         assert any(n.endswith("/construct") for n in stages) == bool(constructed), label
     upcycled = by_label["upcycled"]
-    command = " ".join(upcycled.stages[1].command)  # after the construct stage
+    (train,) = [s for s in upcycled.stages if s.name == "upcycled/instruction_tune"]
+    command = " ".join(train.command)
     dense = get_config(scale.models["dense"])
     want = moe_config_for(dense, upcycled.run.construction.recipe).to_dict()
     assert f"--gin.MODEL_OVERRIDES={want!r}" in command
