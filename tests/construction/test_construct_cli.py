@@ -100,3 +100,23 @@ def test_upcycled_checkpoint_predicts_like_the_dense_one_before_training(
     assert sum(len(v) for v in runs["dense"].values()) > 100
     assert any(extracted is not None for v in runs["dense"].values() for _, _, extracted in v)
     assert runs["upcycled"] == runs["dense"]
+
+
+def test_split_with_hidden_state_routers_from_a_prompts_file(dense_dir, tmp_path):
+    prompts = tmp_path / "experts.json"
+    prompts.write_text(json.dumps([{"positive": ["math: 2+2"], "negative": ["a poem"]},
+                                   {"positive": ["history of Rome", "Caesar"]}]))  # fmt: skip
+    out = tmp_path / "split"
+    argv = [f"--checkpoint={dense_dir}", f"--output_dir={out}", "--method=random",
+            "--num_experts=2", "--num_selected_experts=1", "--router=hidden",
+            f"--router_prompts={prompts}", "--placement=every_other"]  # fmt: skip
+    assert construct_cli.main(argv) == 0
+    params, config, metadata = checkpoints.load_params(str(out))
+    assert config.moe.expert_mlp_dim == DENSE.d_ff // 2 and config.moe.num_experts == 2
+    kernel = np.asarray(params["encoder"]["layers_1"]["moe"]["router"]["kernel"])
+    np.testing.assert_allclose(np.linalg.norm(kernel, axis=0), 1.0, atol=1e-5)
+    router = metadata["construction"]["recipe"]["router"]
+    assert router["init"] == "hidden" and router["negative_prompts"] == [["a poem"], []]
+    with pytest.raises(ValueError, match="--router=hidden needs --router_prompts"):
+        construct_cli.main([f"--checkpoint={dense_dir}", f"--output_dir={tmp_path / 'x'}",
+                            "--router=hidden"])  # fmt: skip
