@@ -116,6 +116,17 @@ def test_upcycled_layer_equals_dense_mlp_for_any_router(dense_params):
     np.testing.assert_allclose(_moe(config, block, x), want, atol=SIMPLE)
 
 
+def test_upcycled_layer_with_k_equal_e_needs_no_renormalisation(dense_params):
+    """k = E: the softmax weights of all experts already sum to one."""
+    moe = MoeConfig(renormalize_top_k=False, dispatch="gather", dropless=True)
+    recipe = UpcycleRecipe(num_experts=4, num_selected_experts=4, moe=moe)
+    params, config, _ = construct(dense_params, DENSE, recipe)
+    x = _mlp_input(DENSE.d_model)
+    want = _dense_mlp(DENSE, dense_params["decoder"]["layers_1"]["mlp"], x)
+    got = _moe(config, params["decoder"]["layers_1"]["moe"], x)
+    np.testing.assert_allclose(got, want, atol=SIMPLE)
+
+
 def test_switch_top1_without_renormalisation_scales_by_p_top1():
     dense_params = random_params(EncoderDecoder(RELU), seed=3)
     mlp = dense_params["encoder"]["layers_1"]["mlp"]
