@@ -281,23 +281,39 @@ def plan_run(
     *,
     in_process: bool = False,
     start: StartingPoint | None = None,
+    dense_start: StartingPoint | None = None,
 ) -> RunPlan:
-    """Stages of one run: (instruction-tune) -> (finetune) -> evaluate, from ``start``."""
+    """Stages of one run: (instruction-tune) -> (finetune) -> evaluate, from ``start``.
+
+    A run with a ``construction`` starts instead from an MoE built out of the dense model
+    (``dense_start``: the pre-trained dense model where the scale pre-trains); a
+    ``from_scratch`` run starts from random weights."""
     name = slug(run.label)
     start = start or StartingPoint()
+    if run.construction is not None or run.from_scratch:
+        start = StartingPoint()  # built from the dense source below, or random init
     stages: list[pipeline.Stage] = list(start.stages)
     model_dir: Path | None = None
+    initial, depends = start.checkpoint, start.depends_on
+    if run.construction is not None:
+        from flan_moe.experiments import construction_stages
+
+        built, initial, run = construction_stages.plan_construction(
+            scale, run, root, in_process=in_process, source=dense_start
+        )
+        stages += built
+        depends = (built[-1].name,)
     if experiment.instruction_tune:
         stage = f"{name}/instruction_tune"
         model_dir = pipeline.stage_dir(root, stage) / "model"
         steps = max(1, round(scale.instruction_tune_steps * run.step_fraction))
         stages.append(_stage(stage, _train_command(
             scale, run, model_dir=model_dir, task=INSTRUCTION_MIXTURE, steps=steps,
-            initial_checkpoint=start.checkpoint, run_gin="instruction_tune.gin",
-        ), start.depends_on, in_process))  # fmt: skip
+            initial_checkpoint=initial, run_gin="instruction_tune.gin",
+        ), depends, in_process))  # fmt: skip
     if experiment.finetune:
         stage = f"{name}/finetune"
-        init = model_dir if model_dir is not None else start.checkpoint
+        init = model_dir if model_dir is not None else initial
         model_dir = pipeline.stage_dir(root, stage) / "model"
         stages.append(_stage(stage, _train_command(
             scale, run, model_dir=model_dir, task=FINETUNE_TASK, steps=scale.finetune_steps,
@@ -367,9 +383,22 @@ def plan_experiment(
         return start
 
     plans = [
-        plan_run(experiment, scale, r, root, in_process=in_process, start=first_use(r.role))
+        plan_run(
+            experiment,
+            scale,
+            r,
+            root,
+            in_process=in_process,
+            start=first_use(r.role),
+            dense_start=starts.get("dense"),
+        )  # fmt: skip
         for r in experiment.runs
     ]
+    if any(r.construction is not None for r in experiment.runs):
+        from flan_moe.experiments.construction_stages import dedupe_shared_stages
+
+        unique = dedupe_shared_stages([p.stages for p in plans])
+        plans = [dataclasses.replace(p, stages=s) for p, s in zip(plans, unique, strict=True)]
     if "instruction_tuning_gain" in experiment.figures:
         plans += [
             plan_untuned(experiment, scale, r, root, in_process=in_process, start=starts[r.role])

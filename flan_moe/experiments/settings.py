@@ -146,6 +146,19 @@ SCALES: dict[str, Scale] = {
 
 
 @dataclasses.dataclass(frozen=True)
+class Construction:
+    """A run whose initial checkpoint is built from the experiment's dense source model
+    (``flan_moe.experiments.construction_stages``). ``recipe``: an ``UpcycleRecipe`` or
+    ``SplitRecipe`` (None = the dense source itself); ``flags``: extra
+    ``flan_moe.cli.construct`` flags (importance data); ``freeze_router_fraction``: the
+    share of the instruction-tuning steps trained with the routers frozen first."""
+
+    recipe: Any = None
+    flags: tuple[str, ...] = ()
+    freeze_router_fraction: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelRun:
     label: str
     role: str  # resolved to a model gin file by the scale
@@ -153,6 +166,11 @@ class ModelRun:
     attributes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     # Fraction of the scale's instruction-tuning steps (data-efficiency ablation).
     step_fraction: float = 1.0
+    # Start from a checkpoint built out of a dense model (ablation_moe_init).
+    construction: Construction | None = None
+    # Start from random weights even where the scale pre-trains (ablation_moe_init's
+    # "MoE from scratch" arm).
+    from_scratch: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,6 +338,43 @@ def _data_efficiency(scale: Scale) -> Experiment:
     )  # fmt: skip
 
 
+def _moe_init(scale: Scale) -> Experiment:
+    """From-scratch MoE vs an MoE built from a dense checkpoint (upcycled, or split four
+    ways as LLaMA-MoE does), each then instruction-tuned for the same number of steps."""
+    from flan_moe.construction.recipes import Placement, SplitRecipe, UpcycleRecipe
+    from flan_moe.experiments.construction_stages import moe_overrides
+
+    upcycle = UpcycleRecipe(num_experts=8, num_selected_experts=2, placement=Placement(every=2))
+    importance = ("--importance_data=flan_local", "--importance_examples=8")
+    splits = (
+        ("Independent-Random", SplitRecipe(method="random"), ()),
+        ("Independent-Clustering", SplitRecipe(method="clustering"), ()),
+        ("Sharing-Inner", SplitRecipe(method="sharing_inner"), importance),
+        ("Sharing-Inter (2 residual)", SplitRecipe(method="sharing_inter", num_experts=6,
+                                                   num_shared_experts=2), importance),
+    )  # fmt: skip
+    scratch = (("MODEL_OVERRIDES", moe_overrides(scale, upcycle)),)
+    runs = [
+        ModelRun("MoE from scratch", "switch", bindings=scratch, attributes={"init": "scratch"},
+                 from_scratch=True),
+        ModelRun("upcycled", "switch", construction=Construction(upcycle),
+                 attributes={"init": "upcycle"}),
+        ModelRun("upcycled, router frozen first 25%", "switch",
+                 construction=Construction(upcycle, freeze_router_fraction=0.25),
+                 attributes={"init": "upcycle", "freeze_router": 0.25}),
+    ]  # fmt: skip
+    for label, recipe, flags in splits:
+        runs.append(ModelRun(f"split: {label}", "switch", construction=Construction(recipe, flags),
+                             attributes={"init": f"split_{recipe.method}"}))  # fmt: skip
+    runs.append(ModelRun("dense (continued)", "dense", construction=Construction(),
+                         attributes={"init": "dense"}))  # fmt: skip
+    return _ablation(
+        "ablation_moe_init", "Ablation: MoE initialisation (scratch vs upcycled vs split)",
+        "Komatsuzaki et al. 2022 (sparse upcycling); Zhu et al. 2024 (LLaMA-MoE splits)",
+        tuple(runs), eval_modes=("direct",),
+    )  # fmt: skip
+
+
 # Each builder takes the scale: most experiments are the same at every scale; the
 # expert-count ablation uses the expert counts the scale provides.
 EXPERIMENTS: dict[str, Callable[[Scale], Experiment]] = {
@@ -332,6 +387,7 @@ EXPERIMENTS: dict[str, Callable[[Scale], Experiment]] = {
     "ablation_losses": _losses,
     "ablation_expert_dropout": _expert_dropout,
     "ablation_data_efficiency": _data_efficiency,
+    "ablation_moe_init": _moe_init,
 }
 ALIASES = {"setting1": "setting1_direct_finetune", "setting2": "setting2_instruction_tuning",
            "setting3": "setting3_instruction_then_finetune"}  # fmt: skip

@@ -23,8 +23,12 @@ def _first_training(plan):
     return next(s for s in plan.stages if s.name.endswith(("/instruction_tune", "/finetune")))
 
 
+# ablation_moe_init builds its MoEs from the dense model instead (tested below).
+PRETRAIN_EVERY_ROLE = sorted(set(settings.EXPERIMENTS) - {"ablation_moe_init"})
+
+
 @pytest.mark.parametrize("scale_name", ["tiny", "small"])
-@pytest.mark.parametrize("name", sorted(settings.EXPERIMENTS))
+@pytest.mark.parametrize("name", PRETRAIN_EVERY_ROLE)
 def test_every_experiment_pretrains_each_role_then_starts_from_it(name, scale_name):
     scale = settings.get_scale(scale_name)
     experiment = settings.get_experiment(name, scale)
@@ -51,6 +55,27 @@ def test_every_experiment_pretrains_each_role_then_starts_from_it(name, scale_na
         model = root / "pretrain" / plan.run.role / "model"
         assert _bindings(first)["INITIAL_CHECKPOINT_PATH"] == repr(str(model)), first.name
         assert f"pretrain/{plan.run.role}" in first.depends_on
+
+
+def test_moe_init_arms_start_from_the_pretrained_dense_model_or_from_scratch():
+    scale = settings.get_scale("tiny")
+    experiment = settings.get_experiment("ablation_moe_init", scale)
+    root = Path("/tmp/plan")
+    plans = runner.plan_experiment(experiment, scale, root)
+    stages = [s for p in plans for s in p.stages]
+    names = [s.name for s in stages]
+    dense = root / "pretrain" / "dense" / "model"
+    assert [n for n in names if n.startswith("pretrain/")] == ["pretrain/dense"]
+    assert "dense_source/train" not in names  # the pre-trained dense model is the source
+    constructs = [s for s in stages if s.name.endswith("/construct")]
+    assert len(constructs) == 6  # upcycled, upcycled + frozen router, four splits
+    for stage in constructs:
+        assert f"--checkpoint={dense}" in stage.command and stage.depends_on == ("pretrain/dense",)
+    by_label = {p.run.label: p for p in plans}
+    scratch = _first_training(by_label["MoE from scratch"])
+    assert "INITIAL_CHECKPOINT_PATH" not in _bindings(scratch) and not scratch.depends_on
+    continued = _bindings(_first_training(by_label["dense (continued)"]))
+    assert continued["INITIAL_CHECKPOINT_PATH"] == repr(str(dense))
 
 
 @pytest.mark.parametrize("scale_name", ["tiny", "small"])
