@@ -44,6 +44,7 @@ def logical_axis_rules() -> LogicalRules:
         ("kv", None),
         ("vocab", "model"),
         ("relpos_buckets", None),
+        ("layers", None),  # the scanned-blocks axis (ModelConfig.scan_layers)
         # mixture of experts
         ("expert", "expert"),
         ("expert_mlp", "model"),

@@ -17,6 +17,10 @@ MlpActivation = Literal["gated-gelu", "relu", "gated-silu"]
 RouterType = Literal["tokens_choose", "experts_choose"]
 DispatchType = Literal["einsum", "gather"]
 AttentionImplementation = Literal["xla", "cudnn"]
+# Activation checkpointing per layer (see flan_moe.model.layer_stack): "none" keeps
+# every activation, "full" recomputes the layer, "dots" saves only matmul outputs
+# without batch dimensions (t5x / MaxText's dots_with_no_batch_dims_saveable).
+RematPolicy = Literal["none", "full", "dots"]
 
 
 @dataclass(frozen=True)
@@ -209,12 +213,20 @@ class ModelConfig:
     dtype: str = "bfloat16"
     param_dtype: str = "float32"
     attention_implementation: AttentionImplementation = "xla"
+    remat_policy: RematPolicy = "none"
+    # nn.scan over blocks of layers (a "layers" logical axis on every layer param):
+    # compiles one block instead of every layer. Param tree: see layer_stack.py.
+    scan_layers: bool = False
     moe: MoeConfig | None = None
 
     def __post_init__(self) -> None:
         for field_name in ("vocab_size", "d_model", "num_heads", "head_dim", "d_ff"):
             if getattr(self, field_name) < 1:
                 raise ValueError(f"{field_name} must be positive")
+        if self.remat_policy not in ("none", "full", "dots"):
+            raise ValueError(
+                f"remat_policy must be 'none', 'full' or 'dots', got {self.remat_policy!r}"
+            )
 
     @property
     def is_moe(self) -> bool:
