@@ -11,6 +11,7 @@ from flan_moe.model import layer_stack
 from flan_moe.model.config import get_config
 from flan_moe.model.transformer import EncoderDecoder
 from flan_moe.models import LossConfig, loss_fn
+from tests.random_params import random_params
 
 # 4 + 4 layers so a stack has two scanned blocks of (dense, sparse) layers.
 UNROLLED = get_config(
@@ -34,15 +35,7 @@ def _batch(seed: int = 0, batch: int = 2, enc_len: int = 8, dec_len: int = 6) ->
 
 @pytest.fixture(scope="module")
 def unrolled_params():
-    b = _batch()
-    model = EncoderDecoder(UNROLLED)
-    variables = model.init(
-        jax.random.PRNGKey(0),
-        b["encoder_input_tokens"],
-        b["decoder_input_tokens"],
-        b["decoder_target_tokens"],
-    )
-    return nn.unbox(variables["params"])
+    return random_params(EncoderDecoder(UNROLLED), seed=0)
 
 
 def _loss_and_grads(config, params, batch):
@@ -106,6 +99,7 @@ def test_scanned_loss_router_losses_and_grads_equal_unrolled(unrolled_params, un
     _assert_trees_close(layer_stack.scanned_to_unrolled(s_grads, SCANNED), grads)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["full", "dots"])
 def test_remat_policies_give_the_same_loss_and_grads(policy, unrolled_params, unrolled_result):
     loss, parts, grads = unrolled_result
@@ -116,13 +110,15 @@ def test_remat_policies_give_the_same_loss_and_grads(policy, unrolled_params, un
     _assert_trees_close(r_grads, grads)
 
 
+@pytest.mark.slow
 def test_scanned_kv_cache_decoding_equals_teacher_forcing():
     # Dense: MoE capacity makes one-token steps route differently from a whole sequence.
     config = get_config("tiny", dtype="float32", scan_layers=True, remat_policy="full")
     model = EncoderDecoder(config)
     b = _batch(seed=3)
     enc, dec_in = b["encoder_input_tokens"], b["decoder_input_tokens"]
-    params = nn.unbox(model.init(jax.random.PRNGKey(1), enc, dec_in)["params"])
+    params = random_params(EncoderDecoder(config.replace(scan_layers=False)), seed=1)
+    params = layer_stack.unrolled_to_scanned(params, config)
     assert params["decoder"]["blocks"]["layers_0"]["mlp"]["wo"].shape[0] == 2
     teacher = np.asarray(model.apply({"params": params}, enc, dec_in))
     encoded = model.apply({"params": params}, enc, method=model.encode)
