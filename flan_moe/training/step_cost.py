@@ -4,7 +4,8 @@
 inputs of a given batch shape and returns the executable and the compile time;
 ``step_cost`` reads XLA's cost analysis (FLOPs, bytes accessed: *per device* for a
 partitioned step) and memory analysis (argument, output, temp and generated-code
-bytes per device); ``collective_ops`` counts the collectives in the optimised HLO.
+bytes per device); ``CompiledStep.total_flops`` is the unpartitioned step's;
+``collective_ops`` lists the collectives in the optimised HLO.
 These are what ``scripts/benchmark_train_step.py --cpu-bars`` and the HLO tests use.
 """
 
@@ -34,6 +35,8 @@ class CompiledStep:
     compiled: Any  # jax.stages.Compiled
     compile_s: float
     lower_s: float
+    # FLOPs of the whole step before partitioning (XLA's cost analysis of the lowering).
+    total_flops: float
 
 
 def abstract_batch(trainer: Trainer, batch_size: int, inputs: int, targets: int) -> dict:
@@ -76,19 +79,22 @@ def compile_train_step(
         start = time.perf_counter()
         compiled = lowered.compile()
         compile_s = time.perf_counter() - start
-    return CompiledStep(compiled, compile_s, lower_s)
+    return CompiledStep(compiled, compile_s, lower_s, _flops(lowered.cost_analysis()))
+
+
+def _flops(cost: Any) -> float:
+    if isinstance(cost, list | tuple):  # older JAX: one dict per computation
+        cost = cost[0]
+    return float((cost or {}).get("flops", np.nan))
 
 
 def step_cost(compiled: Any) -> dict[str, float]:
     """Per-device FLOPs / bytes accessed and memory sizes of a compiled step."""
     cost = compiled.cost_analysis()
-    if isinstance(cost, list | tuple):  # older JAX: one dict per computation
+    if isinstance(cost, list | tuple):
         cost = cost[0]
     memory = compiled.memory_analysis()
-    out = {
-        "flops": float(cost.get("flops", np.nan)),
-        "bytes_accessed": float(cost.get("bytes accessed", np.nan)),
-    }
+    out = {"flops": _flops(cost), "bytes_accessed": float(cost.get("bytes accessed", np.nan))}
     for name in ("argument", "output", "temp", "alias", "generated_code"):
         out[f"{name}_bytes"] = float(getattr(memory, f"{name}_size_in_bytes", np.nan))
     # Peak estimate: inputs + outputs + temporaries, less the donated (aliased) buffers.
