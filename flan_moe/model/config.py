@@ -16,7 +16,10 @@ from typing import Literal
 MlpActivation = Literal["gated-gelu", "relu", "gated-silu"]
 RouterType = Literal["tokens_choose", "experts_choose"]
 DispatchType = Literal["einsum", "gather"]
-AttentionImplementation = Literal["xla", "cudnn"]
+# "xla": T5 attention written as einsums (default; attention dropout applies);
+# "dot_product": jax.nn.dot_product_attention with T5's bias, XLA's choice of kernel;
+# "cudnn": the same, forced to cuDNN's fused kernel (GPU only).
+AttentionImplementation = Literal["xla", "dot_product", "cudnn"]
 # Activation checkpointing per layer (see flan_moe.model.layer_stack): "none" keeps
 # every activation, "full" recomputes the layer, "dots" saves only matmul outputs
 # without batch dimensions (t5x / MaxText's dots_with_no_batch_dims_saveable).
@@ -223,6 +226,11 @@ class ModelConfig:
         for field_name in ("vocab_size", "d_model", "num_heads", "head_dim", "d_ff"):
             if getattr(self, field_name) < 1:
                 raise ValueError(f"{field_name} must be positive")
+        if self.attention_implementation not in ("xla", "dot_product", "cudnn"):
+            raise ValueError(
+                "attention_implementation must be 'xla', 'dot_product' or 'cudnn', "
+                f"got {self.attention_implementation!r}"
+            )
         if self.remat_policy not in ("none", "full", "dots"):
             raise ValueError(
                 f"remat_policy must be 'none', 'full' or 'dots', got {self.remat_policy!r}"
