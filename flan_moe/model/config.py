@@ -332,6 +332,9 @@ _SWITCH = MoeConfig(
     aux_loss_coef=0.01,
     router_z_loss_coef=0.0,
     expert_dropout_rate=0.2,
+    # Chosen by measurement (benchmarks/RESULTS.md, scripts/measure_dispatch.py): the
+    # gather path has the fewest per-device FLOPs and temp bytes at every registered size.
+    dispatch="gather",
 )
 _GSHARD = _SWITCH.replace(num_experts=32, num_selected_experts=2)
 _EXPERT_CHOICE = _SWITCH.replace(
