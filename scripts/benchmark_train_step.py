@@ -86,18 +86,34 @@ def default_remat(inputs: int, targets: int) -> str:
     return "full" if max(inputs, targets) > 512 else "none"
 
 
-def model_config(model: str, setting: str, *, dtype: str, remat: str, scan: bool):
+def model_config(
+    model: str, setting: str, *, dtype: str, remat: str, scan: bool, overrides: dict | None = None
+):
+    """The size's config for a setting; ``overrides``: attention, dispatch, dropout."""
     _, inputs, targets = parse_setting(setting)
     remat = default_remat(inputs, targets) if remat == "auto" else remat
-    return get_config(model, dtype=dtype, remat_policy=remat, scan_layers=scan)
+    config = get_config(model, dtype=dtype, remat_policy=remat, scan_layers=scan)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if "attention" in overrides:
+        config = config.replace(attention_implementation=overrides["attention"])
+    if "dropout" in overrides:
+        config = config.replace(dropout_rate=overrides["dropout"])
+    if "dispatch" in overrides and config.moe is not None:
+        path = overrides["dispatch"]
+        moe = config.moe.replace(
+            dispatch="einsum" if path == "einsum" else "gather", dropless=path == "dropless"
+        )
+        config = config.replace(moe=moe)
+    return config
 
 
 def benchmark(
     model: str, setting: str, *, steps: int, warmup: int, mesh_shape, dtype: str, optimizer: str,
     ceiling: float, microbatches: int, remat: str = "auto", scan: bool = False,
+    overrides: dict | None = None,
 ) -> dict:  # fmt: skip
     batch_size, inputs, targets = parse_setting(setting)
-    config = model_config(model, setting, dtype=dtype, remat=remat, scan=scan)
+    config = model_config(model, setting, dtype=dtype, remat=remat, scan=scan, overrides=overrides)
     mesh = partitioning.make_mesh(data=mesh_shape[0], expert=mesh_shape[1], model=mesh_shape[2])
     trainer = Trainer(
         model_config=config,
@@ -142,6 +158,14 @@ def benchmark(
         "optimizer": optimizer,
         "remat": config.remat_policy,
         "scan_layers": config.scan_layers,
+        "attention": config.attention_implementation,
+        "dispatch": (
+            None
+            if config.moe is None
+            else "dropless"
+            if config.moe.dropless
+            else config.moe.dispatch
+        ),
         "mesh": list(mesh_shape),
         "total_params": int(cost.total_params),
         "active_params": float(cost.active_params),
@@ -299,6 +323,9 @@ def main() -> None:
     parser.add_argument("--microbatches", type=int, default=1)
     parser.add_argument("--remat", default="auto", choices=["auto", "none", "full", "dots"])
     parser.add_argument("--scan", action="store_true", help="scan_layers=True")
+    parser.add_argument("--attention", choices=["xla", "dot_product", "cudnn"])
+    parser.add_argument("--dispatch", choices=["einsum", "gather", "dropless"])
+    parser.add_argument("--dropout", type=float, help="override dropout_rate (fused attention: 0)")
     parser.add_argument("--vs-hf", action="store_true", help="also time Hugging Face's model")
     parser.add_argument("--cpu-bars", action="store_true", help="the XLA-only CPU bars")
     parser.add_argument("--bars-setting", default="32x512x128")
@@ -317,6 +344,8 @@ def main() -> None:
                 model, setting, steps=args.steps, warmup=args.warmup, mesh_shape=mesh_shape,
                 dtype=args.dtype, optimizer=args.optimizer, ceiling=ceiling,
                 microbatches=args.microbatches, remat=args.remat, scan=args.scan,
+                overrides={"attention": args.attention, "dispatch": args.dispatch,
+                           "dropout": args.dropout},
             )  # fmt: skip
             print(json.dumps(row), flush=True)
             rows.append(row)
@@ -326,7 +355,8 @@ def main() -> None:
                 row["ours_over_hf"] = hf["ours_over_hf"]
                 print(json.dumps(hf), flush=True)
                 rows.append(hf)
-    header = ("model", "setting", "step_ms", "tokens_per_s", "model_tflops", "mfu", "device")
+    header = ("model", "setting", "dispatch", "attention", "remat", "step_ms", "tokens_per_s",
+              "model_tflops", "mfu", "device")  # fmt: skip
     _table(rows, header + (("ours_over_hf",) if args.vs_hf else ()))
 
 
