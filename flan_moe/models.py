@@ -121,10 +121,12 @@ def model_inputs(batch: Batch) -> dict[str, Array]:
 def _collect_moe(config: ModelConfig, state: dict[str, Any]) -> tuple[dict, dict]:
     if not config.is_moe:
         return {}, {}
+    from flan_moe.model.layer_stack import scanned_to_unrolled
     from flan_moe.model.moe import collect_moe_metrics, collect_router_losses
 
-    losses = collect_router_losses(state.get("moe_losses", {}))
-    metrics = collect_moe_metrics(state.get("moe_metrics", {}))
+    # Scanned layers sow [num_blocks] values: name them per layer as unrolled ones.
+    losses = collect_router_losses(scanned_to_unrolled(state.get("moe_losses", {}), config))
+    metrics = collect_moe_metrics(scanned_to_unrolled(state.get("moe_metrics", {}), config))
     return dict(losses), dict(metrics)
 
 

@@ -20,12 +20,15 @@ Typical use::
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from flan_moe.model.config import ModelConfig
 
 MESH_AXES = ("data", "expert", "model")
 
@@ -44,6 +47,7 @@ def logical_axis_rules() -> LogicalRules:
         ("kv", None),
         ("vocab", "model"),
         ("relpos_buckets", None),
+        ("layers", None),  # the scanned-blocks axis (ModelConfig.scan_layers)
         # mixture of experts
         ("expert", "expert"),
         ("expert_mlp", "model"),
@@ -146,3 +150,18 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
         else:
             out[name] = jax.device_put(value, sharding)
     return out
+
+
+def with_mesh_groups(config: ModelConfig, mesh: Mesh) -> ModelConfig:
+    """``config`` with MoE routing groups a multiple of the data x expert devices.
+
+    ``MoeConfig.num_groups_multiple`` becomes lcm(its value, data x expert), so every
+    device routes whole groups of its own tokens (``expert_group`` is sharded over
+    data x expert): with fewer groups than devices the MoE layer would run replicated.
+    Grouping changes no parameter; only the capacity per group follows the group size.
+    """
+    if config.moe is None or config.moe.route_per_sequence:
+        return config
+    devices = mesh.shape["data"] * mesh.shape["expert"]
+    multiple = math.lcm(config.moe.num_groups_multiple, devices)
+    return config.replace(moe=config.moe.replace(num_groups_multiple=multiple))

@@ -7,7 +7,20 @@ tokens / step time (attention FLOPs left out, as the Hugging Face reference numb
 in benchmarks/RESULTS.md), and MFU against a dense matmul ceiling measured on the
 same device. Prints one JSON line per setting, then a table.
 
+``--cpu-bars`` measures the issue-15 CPU bars from XLA alone (compile, never run, on
+a fake 8-device CPU mesh; one JSON line per bar, then a table): per-device FLOPs of the
+switch_base_8 train step over its dense twin's (default dispatch), compile time with
+``scan_layers`` over unrolled, and XLA's memory analysis at 8 x 2048/512 with the
+default remat for that setting (``default_remat``). ``--vs-hf`` also times the Hugging
+Face transformers model of the same config (PyTorch, bf16 autocast, AdamW) in the same
+process on the same device and prints our tokens/s over theirs.
+
 Examples::
+
+    # the CPU bars (about 10 minutes on 2 cores)
+    python scripts/benchmark_train_step.py --cpu-bars
+    # ours vs Hugging Face, one GPU
+    python scripts/benchmark_train_step.py --model switch_base_8 --setting 32x512x128 --vs-hf
 
     # CPU smoke numbers
     python scripts/benchmark_train_step.py --model tiny --setting 8x512x128 --steps 5
@@ -20,7 +33,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
+
+if "--cpu-bars" in sys.argv:  # before JAX starts: the fake 8-device CPU mesh
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip()
+    os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax
 import jax.numpy as jnp
@@ -57,12 +78,42 @@ def parse_setting(text: str) -> tuple[int, int, int]:
     return batch, inputs, targets
 
 
+def default_remat(inputs: int, targets: int) -> str:
+    """The remat policy for a setting: none up to 512 tokens, "full" for longer rows.
+
+    At 8 x 2048/512 the switch_base_8 step holds 131 GiB without remat (attention
+    buffers grow with length^2); see benchmarks/RESULTS.md for the measurement."""
+    return "full" if max(inputs, targets) > 512 else "none"
+
+
+def model_config(
+    model: str, setting: str, *, dtype: str, remat: str, scan: bool, overrides: dict | None = None
+):
+    """The size's config for a setting; ``overrides``: attention, dispatch, dropout."""
+    _, inputs, targets = parse_setting(setting)
+    remat = default_remat(inputs, targets) if remat == "auto" else remat
+    config = get_config(model, dtype=dtype, remat_policy=remat, scan_layers=scan)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if "attention" in overrides:
+        config = config.replace(attention_implementation=overrides["attention"])
+    if "dropout" in overrides:
+        config = config.replace(dropout_rate=overrides["dropout"])
+    if "dispatch" in overrides and config.moe is not None:
+        path = overrides["dispatch"]
+        moe = config.moe.replace(
+            dispatch="einsum" if path == "einsum" else "gather", dropless=path == "dropless"
+        )
+        config = config.replace(moe=moe)
+    return config
+
+
 def benchmark(
     model: str, setting: str, *, steps: int, warmup: int, mesh_shape, dtype: str, optimizer: str,
-    ceiling: float, microbatches: int,
+    ceiling: float, microbatches: int, remat: str = "auto", scan: bool = False,
+    overrides: dict | None = None,
 ) -> dict:  # fmt: skip
     batch_size, inputs, targets = parse_setting(setting)
-    config = get_config(model, dtype=dtype)
+    config = model_config(model, setting, dtype=dtype, remat=remat, scan=scan, overrides=overrides)
     mesh = partitioning.make_mesh(data=mesh_shape[0], expert=mesh_shape[1], model=mesh_shape[2])
     trainer = Trainer(
         model_config=config,
@@ -105,6 +156,16 @@ def benchmark(
         "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
         "dtype": dtype,
         "optimizer": optimizer,
+        "remat": config.remat_policy,
+        "scan_layers": config.scan_layers,
+        "attention": config.attention_implementation,
+        "dispatch": (
+            None
+            if config.moe is None
+            else "dropless"
+            if config.moe.dropless
+            else config.moe.dispatch
+        ),
         "mesh": list(mesh_shape),
         "total_params": int(cost.total_params),
         "active_params": float(cost.active_params),
@@ -119,6 +180,137 @@ def benchmark(
     }
 
 
+# --- the CPU bars (XLA cost / memory analysis; nothing runs) ---------------------
+
+BARS = {"flops_ratio": 1.15, "compile_ratio": 1 / 3, "memory_gib": 70.0}
+
+
+def _compiled(model: str, setting: str, mesh, *, remat: str = "auto", scan: bool = False):
+    from flan_moe.training.step_cost import compile_train_step, step_cost
+
+    batch, inputs, targets = parse_setting(setting)
+    config = model_config(model, setting, dtype="bfloat16", remat=remat, scan=scan)
+    step = compile_train_step(config, mesh, batch_size=batch, inputs=inputs, targets=targets)
+    cost = step_cost(step.compiled)
+    row = {
+        "model": model, "setting": setting, "mesh": dict(mesh.shape), "remat": config.remat_policy,
+        "scan_layers": scan, "dispatch": config.moe.dispatch if config.moe else None,
+        "compile_s": round(step.lower_s + step.compile_s, 1),
+        "flops_per_device": cost["flops"], "total_flops": step.total_flops,
+        "temp_gib": round(cost["temp_bytes"] / 2**30, 2),
+        "memory_gib": round(cost["total_bytes"] / 2**30, 2),
+    }  # fmt: skip
+    print(json.dumps({"measurement": row}), flush=True)
+    return row
+
+
+def cpu_bars(setting: str, memory_setting: str) -> list[dict]:
+    """The three issue-15 bars, each a JSON line; returns the rows for the table."""
+    mesh8 = partitioning.make_mesh(data=2, expert=4)
+    moe = _compiled("switch_base_8", setting, mesh8)
+    dense = _compiled("switch_base_dense", setting, mesh8)
+    scanned = _compiled("switch_base_8", setting, mesh8, scan=True)
+    one_device = partitioning.make_mesh(data=1, devices=jax.devices()[:1])
+    memory = _compiled("switch_base_8", memory_setting, one_device, scan=True)
+    bars = [
+        {"bar": "flops_ratio", "what": f"per-device FLOPs switch_base_8 / dense twin, {setting}, "
+         "mesh data=2 x expert=4", "value": moe["flops_per_device"] / dense["flops_per_device"]},
+        {"bar": "compile_ratio", "what": f"compile s scanned / unrolled switch_base_8, {setting}",
+         "value": scanned["compile_s"] / moe["compile_s"]},
+        {"bar": "memory_gib", "what": f"XLA memory analysis switch_base_8 {memory_setting}, one "
+         f"device, remat={memory['remat']}", "value": memory["memory_gib"]},
+    ]  # fmt: skip
+    for bar in bars:
+        bar["limit"] = round(BARS[bar["bar"]], 4)
+        bar["value"] = round(bar["value"], 4)
+        bar["holds"] = bar["value"] <= bar["limit"]
+        print(json.dumps(bar), flush=True)
+    return bars
+
+
+# --- Hugging Face in the same process ---------------------------------------------
+
+
+def hf_model(config):
+    """The Hugging Face model of the same shapes (Switch or T5), random weights."""
+    import transformers
+
+    common = dict(
+        vocab_size=config.vocab_size, d_model=config.d_model, d_kv=config.head_dim,
+        d_ff=config.d_ff, num_layers=config.num_encoder_layers,
+        num_decoder_layers=config.num_decoder_layers, num_heads=config.num_heads,
+        relative_attention_num_buckets=config.relative_attention_num_buckets,
+        relative_attention_max_distance=config.relative_attention_max_distance,
+        dropout_rate=config.dropout_rate, tie_word_embeddings=config.tie_embeddings,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )  # fmt: skip
+    if config.moe is None:
+        act = {"relu": "relu", "gated-gelu": "gated-gelu"}[config.mlp_activation]
+        hf = transformers.T5Config(feed_forward_proj=act, **common)
+        return transformers.T5ForConditionalGeneration(hf)
+    moe = config.moe
+    hf = transformers.SwitchTransformersConfig(
+        num_experts=moe.num_experts, expert_capacity=64, encoder_sparse_step=moe.sparse_interval,
+        decoder_sparse_step=moe.sparse_interval, router_aux_loss_coef=moe.aux_loss_coef,
+        router_z_loss_coef=moe.router_z_loss_coef, **common,
+    )  # fmt: skip
+    return transformers.SwitchTransformersForConditionalGeneration(hf)
+
+
+def benchmark_hf(model: str, setting: str, *, steps: int, warmup: int) -> dict:
+    """HF transformers train step: PyTorch, bf16 autocast, AdamW, full-length random rows.
+
+    Switch's capacity is per sequence: 1.25 x tokens / experts, as our train factor."""
+    import torch
+
+    batch, inputs, targets = parse_setting(setting)
+    config = get_config(model)
+    net = hf_model(config)
+    if config.moe is not None:
+        for name, module in net.named_modules():
+            if hasattr(module, "expert_capacity") and name.endswith("router"):
+                length = targets if ".decoder." in f".{name}" else inputs
+                module.expert_capacity = max(1, round(1.25 * length / config.moe.num_experts))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    net.to(device).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    enc = torch.randint(2, config.vocab_size, (batch, inputs), generator=gen).to(device)
+    labels = torch.randint(2, config.vocab_size, (batch, targets), generator=gen).to(device)
+
+    def step():
+        with torch.autocast(device_type=device, dtype=torch.bfloat16):
+            loss = net(input_ids=enc, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(warmup + 1):
+        step()
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    step_s = (time.perf_counter() - start) / steps
+    tokens = batch * (inputs + targets)
+    step_ms, tokens_per_s = round(step_s * 1e3, 2), round(tokens / step_s, 1)
+    return {"model": f"hf:{model}", "setting": setting, "device": device, "step_ms": step_ms,
+            "tokens_per_s": tokens_per_s}  # fmt: skip
+
+
+def _table(rows: list[dict], header: tuple[str, ...]) -> None:
+    print("\n| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(str(row.get(k, "")) for k in header) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", action="append", help="size-table name (repeatable)")
@@ -129,7 +321,20 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--optimizer", default="adafactor", choices=["adafactor", "adamw"])
     parser.add_argument("--microbatches", type=int, default=1)
+    parser.add_argument("--remat", default="auto", choices=["auto", "none", "full", "dots"])
+    parser.add_argument("--scan", action="store_true", help="scan_layers=True")
+    parser.add_argument("--attention", choices=["xla", "dot_product", "cudnn"])
+    parser.add_argument("--dispatch", choices=["einsum", "gather", "dropless"])
+    parser.add_argument("--dropout", type=float, help="override dropout_rate (fused attention: 0)")
+    parser.add_argument("--vs-hf", action="store_true", help="also time Hugging Face's model")
+    parser.add_argument("--cpu-bars", action="store_true", help="the XLA-only CPU bars")
+    parser.add_argument("--bars-setting", default="32x512x128")
+    parser.add_argument("--memory-setting", default="8x2048x512")
     args = parser.parse_args()
+    if args.cpu_bars:
+        bars = cpu_bars(args.bars_setting, args.memory_setting)
+        _table(bars, ("bar", "what", "value", "limit", "holds"))
+        raise SystemExit(0 if all(b["holds"] for b in bars) else 1)
     mesh_shape = tuple(int(x) for x in args.mesh.split(","))
     ceiling = matmul_ceiling_tflops(args.dtype)
     rows = []
@@ -138,15 +343,21 @@ def main() -> None:
             row = benchmark(
                 model, setting, steps=args.steps, warmup=args.warmup, mesh_shape=mesh_shape,
                 dtype=args.dtype, optimizer=args.optimizer, ceiling=ceiling,
-                microbatches=args.microbatches,
+                microbatches=args.microbatches, remat=args.remat, scan=args.scan,
+                overrides={"attention": args.attention, "dispatch": args.dispatch,
+                           "dropout": args.dropout},
             )  # fmt: skip
             print(json.dumps(row), flush=True)
             rows.append(row)
-    header = ("model", "setting", "step_ms", "tokens_per_s", "model_tflops", "mfu", "device")
-    print("\n| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(str(row[k]) for k in header) + " |")
+            if args.vs_hf:
+                hf = benchmark_hf(model, setting, steps=args.steps, warmup=args.warmup)
+                hf["ours_over_hf"] = round(row["tokens_per_s"] / hf["tokens_per_s"], 3)
+                row["ours_over_hf"] = hf["ours_over_hf"]
+                print(json.dumps(hf), flush=True)
+                rows.append(hf)
+    header = ("model", "setting", "dispatch", "attention", "remat", "step_ms", "tokens_per_s",
+              "model_tflops", "mfu", "device")  # fmt: skip
+    _table(rows, header + (("ours_over_hf",) if args.vs_hf else ()))
 
 
 if __name__ == "__main__":

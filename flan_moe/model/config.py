@@ -16,7 +16,14 @@ from typing import Literal
 MlpActivation = Literal["gated-gelu", "relu", "gated-silu"]
 RouterType = Literal["tokens_choose", "experts_choose"]
 DispatchType = Literal["einsum", "gather"]
-AttentionImplementation = Literal["xla", "cudnn"]
+# "xla": T5 attention written as einsums (default; attention dropout applies);
+# "dot_product": jax.nn.dot_product_attention with T5's bias, XLA's choice of kernel;
+# "cudnn": the same, forced to cuDNN's fused kernel (GPU only).
+AttentionImplementation = Literal["xla", "dot_product", "cudnn"]
+# Activation checkpointing per layer (see flan_moe.model.layer_stack): "none" keeps
+# every activation, "full" recomputes the layer, "dots" saves only matmul outputs
+# without batch dimensions (t5x / MaxText's dots_with_no_batch_dims_saveable).
+RematPolicy = Literal["none", "full", "dots"]
 
 
 @dataclass(frozen=True)
@@ -214,12 +221,25 @@ class ModelConfig:
     dtype: str = "bfloat16"
     param_dtype: str = "float32"
     attention_implementation: AttentionImplementation = "xla"
+    remat_policy: RematPolicy = "none"
+    # nn.scan over blocks of layers (a "layers" logical axis on every layer param):
+    # compiles one block instead of every layer. Param tree: see layer_stack.py.
+    scan_layers: bool = False
     moe: MoeConfig | None = None
 
     def __post_init__(self) -> None:
         for field_name in ("vocab_size", "d_model", "num_heads", "head_dim", "d_ff"):
             if getattr(self, field_name) < 1:
                 raise ValueError(f"{field_name} must be positive")
+        if self.attention_implementation not in ("xla", "dot_product", "cudnn"):
+            raise ValueError(
+                "attention_implementation must be 'xla', 'dot_product' or 'cudnn', "
+                f"got {self.attention_implementation!r}"
+            )
+        if self.remat_policy not in ("none", "full", "dots"):
+            raise ValueError(
+                f"remat_policy must be 'none', 'full' or 'dots', got {self.remat_policy!r}"
+            )
 
     @property
     def is_moe(self) -> bool:
@@ -317,6 +337,10 @@ _SWITCH = MoeConfig(
     aux_loss_coef=0.01,
     router_z_loss_coef=0.0,
     expert_dropout_rate=0.2,
+    # Chosen by measurement (benchmarks/RESULTS.md, scripts/measure_dispatch.py): the
+    # gather path has the fewest per-device FLOPs at every registered size (-35% vs the
+    # one-hot einsum), and the fewest temp bytes except under expert choice.
+    dispatch="gather",
 )
 _GSHARD = _SWITCH.replace(num_experts=32, num_selected_experts=2)
 _EXPERT_CHOICE = _SWITCH.replace(

@@ -222,15 +222,21 @@ class MultiHeadAttention(nn.Module):
             mask_bias = jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)
             bias = mask_bias if bias is None else bias + mask_bias
 
-        if cfg.attention_implementation == "cudnn" and not decode:
-            # Fused attention; attention-probability dropout is not applied here.
+        fused = cfg.attention_implementation in ("dot_product", "cudnn") and not decode
+        if fused and enable_dropout and cfg.dropout_rate > 0:
+            raise ValueError(
+                f"attention_implementation={cfg.attention_implementation!r} has no attention "
+                "dropout: set dropout_rate=0 or attention_implementation='xla'"
+            )
+        if fused:
+            # T5: no 1/sqrt(head_dim) at call time (scale=1), the relative bias + mask added.
             out = jax.nn.dot_product_attention(
                 query,
                 key,
                 value,
                 bias=bias.astype(dtype) if bias is not None else None,
                 scale=1.0,
-                implementation="cudnn",
+                implementation="cudnn" if cfg.attention_implementation == "cudnn" else None,
             )
         else:
             logits = jnp.einsum("bqhx,bkhx->bhqk", query, key).astype(jnp.float32)

@@ -147,10 +147,27 @@ class RouterWeights(nn.Module):
 
 
 def _inverse_permutation(perm: Array) -> Array:
-    """inv[..., perm[..., i]] = i along the last axis (an int scatter, no data moved)."""
-    rows = jnp.arange(perm.shape[0])[:, None]
-    positions = jnp.broadcast_to(jnp.arange(perm.shape[-1], dtype=perm.dtype), perm.shape)
-    return jnp.zeros_like(perm).at[rows, perm].set(positions)
+    """inv[..., perm[..., i]] = i along the last axis.
+
+    An argsort, not a scatter: a sort along the last axis keeps the group axis
+    sharded, where a scatter with explicit row indices makes the partitioner
+    all-gather the routing arrays (every device would then redo every group)."""
+    return jnp.argsort(perm, axis=-1).astype(perm.dtype)
+
+
+def _top_k(probs: Array, k: int) -> tuple[Array, Array]:
+    """``jax.lax.top_k`` over the last axis as k argmax passes (ties -> lower index).
+
+    Same values as ``lax.top_k``, but argmax partitions along the group axis where
+    XLA's TopK op makes the partitioner all-gather the router probabilities."""
+    gates, experts, remaining = [], [], probs
+    for _ in range(k):
+        index = jnp.argmax(remaining, axis=-1).astype(jnp.int32)
+        gates.append(jnp.take_along_axis(probs, index[..., None], axis=-1)[..., 0])
+        experts.append(index)
+        taken = jax.nn.one_hot(index, probs.shape[-1], dtype=bool)
+        remaining = jnp.where(taken, -jnp.inf, remaining)
+    return jnp.stack(gates, axis=-1), jnp.stack(experts, axis=-1)
 
 
 def tokens_choose(
@@ -171,8 +188,7 @@ def tokens_choose(
     (claims listed in priority order), which also yields ``slot_token``.
     """
     g, s, e = probs.shape
-    gates, experts = jax.lax.top_k(probs, k)  # [g, s, k], ties -> lower expert id
-    experts = experts.astype(jnp.int32)
+    gates, experts = _top_k(probs, k)  # [g, s, k], ties -> lower expert id
     if renormalize:
         gates = gates / jnp.sum(gates, axis=-1, keepdims=True)
     if valid is None:
@@ -197,7 +213,8 @@ def tokens_choose(
     sorted_experts = jnp.take_along_axis(claims, perm, axis=-1)
     # start[g, x] = index in the sorted claims where expert x's claims begin
     # (exclusive cumulative count of the claims per expert).
-    counts = jnp.zeros((g, e + 1), jnp.int32).at[jnp.arange(g)[:, None], claims].add(1)
+    # (a batched bincount per group: vmapped, so the group axis stays sharded)
+    counts = jax.vmap(lambda c: jnp.bincount(c, length=e + 1))(claims).astype(jnp.int32)
     start = jnp.cumsum(counts, axis=-1) - counts  # [g, e + 1]
     rank = jnp.arange(k * s, dtype=jnp.int32) - jnp.take_along_axis(start, sorted_experts, -1)
     position = jnp.take_along_axis(rank, _inverse_permutation(perm), axis=-1)  # [g, k*s]

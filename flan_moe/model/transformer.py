@@ -22,6 +22,10 @@ regexes in ``flan_moe.training`` rely on them)::
   decoder/decoder_norm/scale
   decoder/logits_dense/kernel                    [d, v] (untied head only)
 
+With ``scan_layers=True`` the ``layers_{i}`` of a stack become
+``blocks/layers_{j}`` with a leading [num_blocks] axis (``flan_moe.model.layer_stack``
+converts either way); ``remat_policy`` wraps each layer in ``nn.remat``.
+
 Sparse layers sow their router losses into the ``moe_losses`` collection and
 their statistics into ``moe_metrics``; ``flan_moe.models`` collects them.
 """
@@ -32,6 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flan_moe.model import layer_stack
 from flan_moe.model.config import ModelConfig
 from flan_moe.model.layers import (
     Embed,
@@ -75,14 +80,16 @@ def _feed_forward_residual(
 
 
 class EncoderLayer(nn.Module):
+    """One encoder layer. Arrays are positional and flags are attributes, so the layer
+    can be rematerialised (``nn.remat``) and scanned (``nn.scan``) as it is."""
+
     config: ModelConfig
     layer: int
+    enable_dropout: bool = False
 
     @nn.compact
-    def __call__(
-        self, x: Array, *, mask: Array, bias: Array, valid: Array, enable_dropout: bool
-    ) -> Array:
-        cfg = self.config
+    def __call__(self, x: Array, mask: Array, bias: Array, valid: Array) -> Array:
+        cfg, enable_dropout = self.config, self.enable_dropout
         h = _norm(cfg, "pre_attention_layer_norm")(x)
         h = MultiHeadAttention(cfg, name="attention")(
             h, h, mask=mask, bias=bias, enable_dropout=enable_dropout
@@ -95,27 +102,29 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    """One decoder layer (positional arrays, flags as attributes: see ``EncoderLayer``)."""
+
     config: ModelConfig
     layer: int
+    enable_dropout: bool = False
+    decode: bool = False
 
     @nn.compact
     def __call__(
         self,
         x: Array,
         encoded: Array,
-        *,
         self_mask: Array | None,
         self_bias: Array,
         cross_mask: Array,
         valid: Array,
-        enable_dropout: bool,
-        decode: bool,
     ) -> Array:
-        cfg = self.config
+        cfg, enable_dropout = self.config, self.enable_dropout
         h = _norm(cfg, "pre_self_attention_layer_norm")(x)
         h = MultiHeadAttention(cfg, name="self_attention")(
-            h, h, mask=self_mask, bias=self_bias, enable_dropout=enable_dropout, decode=decode
-        )
+            h, h, mask=self_mask, bias=self_bias, enable_dropout=enable_dropout,
+            decode=self.decode,
+        )  # fmt: skip
         x = x + _dropout(h, cfg.dropout_rate, enable_dropout)
         h = _norm(cfg, "pre_cross_attention_layer_norm")(x)
         h = MultiHeadAttention(cfg, name="encoder_decoder_attention")(
@@ -126,6 +135,69 @@ class DecoderLayer(nn.Module):
             cfg, self.layer, x, valid, decoder=True, enable_dropout=enable_dropout
         )
         return constrain(x, ("batch", "length", "embed"))
+
+
+def _layer_class(cfg: ModelConfig, *, decoder: bool) -> type[nn.Module]:
+    """The layer module, wrapped in ``nn.remat`` when the config asks for a policy."""
+    cls = DecoderLayer if decoder else EncoderLayer
+    if cfg.remat_policy == "none":
+        return cls
+    # Inside a scan the loop already keeps XLA from merging recomputation away.
+    return nn.remat(
+        cls, policy=layer_stack.remat_policy(cfg.remat_policy), prevent_cse=not cfg.scan_layers
+    )
+
+
+def _flags(cfg: ModelConfig, *, decoder: bool, enable_dropout: bool, decode: bool) -> dict:
+    return {"enable_dropout": enable_dropout, **({"decode": decode} if decoder else {})}
+
+
+class LayerBlock(nn.Module):
+    """``size`` consecutive layers: the body ``nn.scan`` repeats (returns ``(x, None)``)."""
+
+    config: ModelConfig
+    decoder: bool
+    size: int
+    enable_dropout: bool = False
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array, *args: Array | None) -> tuple[Array, None]:
+        cls = _layer_class(self.config, decoder=self.decoder)
+        flags = _flags(
+            self.config, decoder=self.decoder, enable_dropout=self.enable_dropout,
+            decode=self.decode,
+        )  # fmt: skip
+        for j in range(self.size):
+            x = cls(self.config, j, name=f"layers_{j}", **flags)(x, *args)
+        return x, None
+
+
+def _run_layers(
+    cfg: ModelConfig, x: Array, args: tuple, *, decoder: bool, enable_dropout: bool,
+    decode: bool = False,
+) -> Array:  # fmt: skip
+    """The stack's layers, unrolled (``layers_{i}``) or scanned over blocks (``blocks``).
+
+    Call from inside a compact method: the layers become children of the caller."""
+    flags = _flags(cfg, decoder=decoder, enable_dropout=enable_dropout, decode=decode)
+    n = layer_stack.num_layers(cfg, decoder=decoder)
+    if not cfg.scan_layers:
+        cls = _layer_class(cfg, decoder=decoder)
+        for i in range(n):
+            x = cls(cfg, i, name=f"layers_{i}", **flags)(x, *args)
+        return x
+    size = layer_stack.block_size(cfg, decoder=decoder)
+    scanned = nn.scan(
+        LayerBlock,
+        variable_axes={name: 0 for name in layer_stack.SCANNED_COLLECTIONS},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast,) * len(args),
+        length=n // size,
+        metadata_params={nn.PARTITION_NAME: layer_stack.LAYERS_AXIS},
+    )
+    x, _ = scanned(cfg, decoder, size, name=layer_stack.BLOCKS, **flags)(x, *args)
+    return x
 
 
 class Encoder(nn.Module):
@@ -162,10 +234,7 @@ class Encoder(nn.Module):
             param_dtype=cfg.param_dtype,
             name="relpos_bias",
         )(positions, positions)
-        for i in range(cfg.num_encoder_layers):
-            x = EncoderLayer(cfg, i, name=f"layers_{i}")(
-                x, mask=mask, bias=bias, valid=valid, enable_dropout=enable_dropout
-            )
+        x = _run_layers(cfg, x, (mask, bias, valid), decoder=False, enable_dropout=enable_dropout)
         x = _norm(cfg, "encoder_norm")(x)
         return _dropout(x, cfg.dropout_rate, enable_dropout)
 
@@ -240,17 +309,10 @@ class Decoder(nn.Module):
         x = self.embedder(decoder_input_tokens)
         x = constrain(x, ("batch", "length", "embed"))
         x = _dropout(x, cfg.dropout_rate, enable_dropout)
-        for i in range(cfg.num_decoder_layers):
-            x = DecoderLayer(cfg, i, name=f"layers_{i}")(
-                x,
-                encoded,
-                self_mask=self_mask,
-                self_bias=self_bias,
-                cross_mask=cross_mask,
-                valid=valid,
-                enable_dropout=enable_dropout,
-                decode=decode,
-            )
+        x = _run_layers(
+            cfg, x, (encoded, self_mask, self_bias, cross_mask, valid), decoder=True,
+            enable_dropout=enable_dropout, decode=decode,
+        )  # fmt: skip
         x = _norm(cfg, "decoder_norm")(x)
         x = _dropout(x, cfg.dropout_rate, enable_dropout)
 

@@ -159,7 +159,8 @@ class _Factoring(NamedTuple):
 def _factoring(
     shape: tuple[int, ...], axes: tuple[str | None, ...] | None, min_dim: int
 ) -> _Factoring:
-    batch_dims = tuple(i for i, a in enumerate(axes or ()) if a == "expert")
+    # Scanned layers (the "layers" axis) are separate matrices too, as when unrolled.
+    batch_dims = tuple(i for i, a in enumerate(axes or ()) if a in ("expert", "layers"))
     rest = [i for i in range(len(shape)) if i not in batch_dims]
     if len(rest) < 2:
         return _Factoring(batch_dims, None)

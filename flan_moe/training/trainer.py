@@ -131,7 +131,9 @@ class Trainer:
         self.loss_config = loss_config or LossConfig()
         self.mesh = mesh or partitioning.make_mesh(data=-1)
         self.num_microbatches = num_microbatches
-        self.model = EncoderDecoder(model_config)
+        # Routing groups follow the mesh (a multiple of data x expert devices), so the
+        # MoE layers run sharded; model_config itself stays as given.
+        self.model = EncoderDecoder(partitioning.with_mesh_groups(model_config, self.mesh))
 
         dummy = jax.ShapeDtypeStruct((1, 1), jnp.int32)
         with partitioning.axis_rules(self.mesh):
