@@ -123,7 +123,9 @@ def _collect_moe(config: ModelConfig, state: dict[str, Any]) -> tuple[dict, dict
         return {}, {}
     from flan_moe.model.moe import collect_moe_metrics, collect_router_losses
 
-    losses = collect_router_losses(state.get("moe_losses", {}))
+    losses = collect_router_losses(
+        state.get("moe_losses", {}), combination=config.moe.router_loss_combination
+    )
     metrics = collect_moe_metrics(state.get("moe_metrics", {}))
     return dict(losses), dict(metrics)
 

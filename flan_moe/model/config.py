@@ -43,18 +43,32 @@ class MoeConfig:
     batch_prioritized_routing: bool = False
     # Mixtral: renormalise the top-k combine weights to sum to one.
     renormalize_top_k: bool = False
-    # Buffer slots per expert and group:
-    #   capacity = min(max(round(capacity_factor * k * tokens_per_group / num_experts),
+    # Buffer slots per expert and group (``routing.expert_capacity``):
+    #   capacity = min(max(round(capacity_factor * K * tokens_per_group / num_experts),
     #                      min_expert_capacity), tokens_per_group)
-    # (k = 1 for expert choice). Train factor when dropout is on, eval factor otherwise.
-    # capacity_factor 0 with min_expert_capacity C gives a fixed capacity C (Hugging Face).
+    # with K = 1 for capacity_formula="flaxformer" (moe_layers.MoeLayer: the factor
+    # alone sets the slots, whatever k) and K = k for "times_k" (slots grow with the
+    # choices per token). Expert choice always uses K = 1. Train factor when dropout is
+    # on, eval factor otherwise. capacity_factor 0 with min_expert_capacity C gives a
+    # fixed capacity C (Hugging Face).
+    capacity_formula: Literal["flaxformer", "times_k"] = "flaxformer"
     capacity_factor_train: float = 1.25
     capacity_factor_eval: float = 2.0
     min_expert_capacity: int = 4
-    # Tokens are routed in groups of at most this many (batch and length flattened).
+    # Tokens are routed in groups (batch and length flattened); ``routing.group_count``.
+    # group_count="flaxformer" (moe_layers._num_groups): the smallest count >=
+    # max(tokens // max_group_size, E * num_expert_replicas) that divides the tokens and
+    # is a multiple of E * num_expert_replicas (when the tokens are not a multiple of
+    # E * replicas, e.g. one decoding step, flaxformer pads; we fall back to the
+    # "max_group_size" rule). "max_group_size": the smallest count >=
+    # ceil(tokens / max_group_size) that divides the tokens, preferring multiples of
+    # num_groups_multiple.
+    group_count: Literal["flaxformer", "max_group_size"] = "flaxformer"
     max_group_size: int = 4096
-    # The number of groups is rounded up to a multiple of this when the token count
-    # allows: set it to the data x expert device count so groups shard evenly.
+    # flaxformer's num_expert_replicas: device_count // (expert x model partitions).
+    num_expert_replicas: int = 1
+    # "max_group_size" rule only: the number of groups is rounded up to a multiple of
+    # this when the token count allows (the data x expert device count).
     num_groups_multiple: int = 1
     # Each batch row is one group (Hugging Face Switch); max_group_size is ignored.
     route_per_sequence: bool = False
@@ -65,6 +79,15 @@ class MoeConfig:
     router_bias: bool = False
     router_ignore_padding_tokens: bool = False
     aux_loss_coef: float = 0.01
+    # Load-balancing loss E * sum_e f_e * P_e: "flaxformer" (routing._load_balancing_loss)
+    # takes f_e = share of tokens with e among their top-k (sum_e f_e = k, uniform
+    # routing gives k); "per_choice" divides by k (uniform gives 1; HF / DeepSeekMoE).
+    load_balancing_normalization: Literal["flaxformer", "per_choice"] = "flaxformer"
+    # How layer losses combine into the model's router losses: "mean_over_layers" = mean
+    # over all sparse layers of the model (t5x contrib/moe/models.py
+    # _extract_diversity_metrics; expert-choice layers count with aux 0);
+    # "sum_of_stack_means" = encoder mean + decoder mean (Hugging Face Switch).
+    router_loss_combination: Literal["mean_over_layers", "sum_of_stack_means"] = "mean_over_layers"
     # How a stack's sparse layers combine into its load-balancing loss: "layer" = the
     # mean of per-layer losses (t5x / flaxformer); "stack" = pool each group's expert
     # fractions and mean probabilities over the stack's layers, then multiply (Hugging
@@ -113,6 +136,25 @@ class MoeConfig:
                 "load_balancing_pooling must be 'layer' or 'stack', "
                 f"got {self.load_balancing_pooling!r}"
             )
+        conventions = {
+            "capacity_formula": ("flaxformer", "times_k"),
+            "group_count": ("flaxformer", "max_group_size"),
+            "load_balancing_normalization": ("flaxformer", "per_choice"),
+            "router_loss_combination": ("mean_over_layers", "sum_of_stack_means"),
+        }
+        for name, allowed in conventions.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"MoeConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}"
+                )
+        if self.load_balancing_pooling == "stack" and (
+            self.router_loss_combination != "sum_of_stack_means"
+        ):
+            raise ValueError(
+                "load_balancing_pooling='stack' (Hugging Face's pooled aux loss) needs "
+                "router_loss_combination='sum_of_stack_means'; the t5x mean over layers "
+                "uses per-layer losses"
+            )
         if self.dispatch not in ("einsum", "gather"):
             raise ValueError(f"dispatch must be 'einsum' or 'gather', got {self.dispatch!r}")
         if self.encoder_router not in ("tokens_choose", "experts_choose"):
@@ -121,6 +163,7 @@ class MoeConfig:
                 f"got {self.encoder_router!r}"
             )
         positive = ("num_selected_experts", "max_group_size", "num_groups_multiple")
+        positive += ("num_expert_replicas",)
         positive += ("sparse_interval", "expert_granularity")
         for name in positive:
             if getattr(self, name) < 1:
