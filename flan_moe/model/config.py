@@ -356,7 +356,12 @@ _SWITCH = MoeConfig(
     router_z_loss_coef=0.0,
     expert_dropout_rate=0.2,
 )
-_GSHARD = _SWITCH.replace(num_experts=32, num_selected_experts=2)
+# Audited against flaxformer/t5x/configs/moe (WORKSPACE.md "Paper sizes"): Switch Base
+# routes groups of 8192 (switch_base.gin); top-2 encoders use batch-prioritized routing
+# (tokens_choose_base.gin); ST-MoE has an extra dense MLP beside each sparse one and
+# MIXED placement (every 4th layer = layers 3, 7, 11), z-loss 1e-4 at Base (st_moe_base.gin).
+_SWITCH_BASE = _SWITCH.replace(max_group_size=8192)
+_GSHARD = _SWITCH.replace(num_experts=32, num_selected_experts=2, batch_prioritized_routing=True)
 _EXPERT_CHOICE = _SWITCH.replace(
     num_experts=32,
     encoder_router="experts_choose",
@@ -365,12 +370,14 @@ _EXPERT_CHOICE = _SWITCH.replace(
     capacity_factor_eval=2.0,
 )
 _ST_MOE = _SWITCH.replace(
-    num_experts=32, num_selected_experts=2, sparse_interval=4, router_z_loss_coef=0.001
-)
+    num_experts=32, num_selected_experts=2, sparse_interval=4, sparse_offset=3,
+    router_z_loss_coef=0.0001, extra_dense_mlp=True,
+)  # fmt: skip
 
 for _experts in (8, 16, 32, 64, 128, 256):
     SIZES[f"switch_base_{_experts}"] = ModelConfig(
-        name=f"switch_base_{_experts}", moe=_SWITCH.replace(num_experts=_experts), **_T5_1_0_BASE
+        name=f"switch_base_{_experts}", moe=_SWITCH_BASE.replace(num_experts=_experts),
+        **_T5_1_0_BASE,
     )
 SIZES.update({
     # The dense counterparts of switch_base_* / switch_large_128 (T5 1.0 shapes).
@@ -385,7 +392,7 @@ SIZES.update({
     "st_moe_32b": ModelConfig(
         name="st_moe_32b", vocab_size=32128, d_model=5120, num_heads=64, head_dim=128,
         d_ff=20480, num_encoder_layers=24, num_decoder_layers=24, mlp_activation="gated-gelu",
-        tie_embeddings=False, moe=_ST_MOE.replace(num_experts=64),
+        tie_embeddings=False, moe=_ST_MOE.replace(num_experts=64, router_z_loss_coef=0.001),
     ),
     # Tiny variants for CPU tests and smoke runs (byte vocabulary, 2+2 layers, layer 1 sparse).
     "switch_tiny_dense": ModelConfig(name="switch_tiny_dense", mlp_activation="relu",
@@ -394,7 +401,8 @@ SIZES.update({
                                  moe=_SWITCH, **_TINY),
     "gs_tiny": ModelConfig(name="gs_tiny", moe=_GSHARD.replace(num_experts=8), **_TINY),
     "ec_tiny": ModelConfig(name="ec_tiny", moe=_EXPERT_CHOICE.replace(num_experts=8), **_TINY),
-    "st_moe_tiny": ModelConfig(name="st_moe_tiny", moe=_ST_MOE.replace(num_experts=8), **_TINY),
+    "st_moe_tiny": ModelConfig(name="st_moe_tiny", moe=_ST_MOE.replace(
+        num_experts=8, sparse_interval=2, sparse_offset=1), **_TINY),
 })  # fmt: skip
 
 # Expert-count ablation at tiny scale (same active compute as switch_tiny_8).
