@@ -75,8 +75,9 @@ class Embed(nn.Module):
         return jnp.take(embedding, tokens, axis=0)
 
     def attend(self, x: Array) -> Array:
-        embedding = self.embedding.astype(dtype_of(self.dtype))
-        return jnp.einsum("bld,vd->blv", x, embedding)
+        """Float32 logits (t5x / flaxformer ``attend_dtype='float32'``)."""
+        embedding = self.embedding.astype(jnp.float32)
+        return jnp.einsum("bld,vd->blv", x.astype(jnp.float32), embedding)
 
 
 def relative_position_bucket(
@@ -223,7 +224,13 @@ class MultiHeadAttention(nn.Module):
             bias = mask_bias if bias is None else bias + mask_bias
 
         if cfg.attention_implementation == "cudnn" and not decode:
-            # Fused attention; attention-probability dropout is not applied here.
+            if enable_dropout and cfg.dropout_rate > 0:
+                raise ValueError(
+                    f"attention_implementation='cudnn' cannot apply attention dropout "
+                    f"(dropout_rate={cfg.dropout_rate}): jax.nn.dot_product_attention has "
+                    "no dropout. Train with attention_implementation='xla', or set "
+                    "dropout_rate=0 (cudnn is fine for evaluation and decoding)"
+                )
             out = jax.nn.dot_product_attention(
                 query,
                 key,

@@ -250,7 +250,7 @@ class Decoder(nn.Module):
 
         if cfg.tie_embeddings:
             # T5 1.0: reuse the embedding, rescaled by 1/sqrt(d_model).
-            logits = self.embedder.attend(x * (cfg.d_model**-0.5))
+            logits = self.embedder.attend(x.astype(jnp.float32) * (cfg.d_model**-0.5))
         else:
             kernel = self.param(
                 "logits_dense",
@@ -260,7 +260,9 @@ class Decoder(nn.Module):
                 (cfg.d_model, cfg.vocab_size),
                 dtype_of(cfg.param_dtype),
             )
-            logits = jnp.einsum("bld,dv->blv", x, kernel.astype(dtype_of(cfg.dtype)))
+            # Float32 output projection whatever the compute dtype (t5x's output_logits
+            # DenseGeneral has dtype='float32'): scores and losses read these logits.
+            logits = jnp.einsum("bld,dv->blv", x.astype(jnp.float32), kernel.astype(jnp.float32))
         logits = constrain(logits, ("batch", "length", "vocab"))
         return logits.astype(jnp.float32)
 
