@@ -322,7 +322,8 @@ SIZES: dict[str, ModelConfig] = {
 # embedding, every other layer sparse (layers 1, 3, 5, ... as Hugging Face's
 # switch-base-*), top-1, capacity factor 1.25 train / 2.0 eval, aux loss 0.01, no
 # z-loss. GShard (top-2), expert choice and ST-MoE use the T5 v1.1 shapes (gated
-# GELU, untied head). ST-MoE: top-2 every 4th layer, z-loss 0.001 (Zoph et al. 2022).
+# GELU, untied head). ST-MoE: top-2 every 4th layer + an extra dense MLP, z-loss 1e-4
+# (Base) / 1e-3 (32B) as flaxformer's st_moe_{base,32b}.gin (Zoph et al. 2022).
 # Experts use the Flan-MoE paper's expert dropout 0.2.
 _T5_1_0 = dict(vocab_size=32128, head_dim=64, mlp_activation="relu", tie_embeddings=True)
 _T5_1_0_BASE = dict(
