@@ -377,7 +377,8 @@ _ST_MOE = _SWITCH.replace(
 
 for _experts in (8, 16, 32, 64, 128, 256):
     SIZES[f"switch_base_{_experts}"] = ModelConfig(
-        name=f"switch_base_{_experts}", moe=_SWITCH_BASE.replace(num_experts=_experts),
+        name=f"switch_base_{_experts}",
+        moe=_SWITCH_BASE.replace(num_experts=_experts),
         **_T5_1_0_BASE,
     )
 SIZES.update({
