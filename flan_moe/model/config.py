@@ -252,6 +252,10 @@ class ModelConfig:
     dtype: str = "bfloat16"
     param_dtype: str = "float32"
     attention_implementation: AttentionImplementation = "xla"
+    # flaxformer's SCALE: multiplies the variance of the attention, MLP, expert,
+    # relative-position and untied output initialisers (the MoE gin files use 0.1,
+    # "small weight initialization for stability"; the embedding and router keep theirs).
+    init_scale: float = 1.0
     moe: MoeConfig | None = None
 
     def __post_init__(self) -> None:
@@ -326,15 +330,21 @@ SIZES: dict[str, ModelConfig] = {
 # (Base) / 1e-3 (32B) as flaxformer's st_moe_{base,32b}.gin (Zoph et al. 2022).
 # Experts use the Flan-MoE paper's expert dropout 0.2.
 _T5_1_0 = dict(vocab_size=32128, head_dim=64, mlp_activation="relu", tie_embeddings=True)
+# The flaxformer-based paper sizes (and their dense twins) use the MoE gin files'
+# SCALE = 0.1 initialisation (tokens_choose_base.gin, included by switch_base.gin).
+_PAPER_INIT = dict(init_scale=0.1)
 _T5_1_0_BASE = dict(
-    d_model=768, num_heads=12, d_ff=3072, num_encoder_layers=12, num_decoder_layers=12, **_T5_1_0
-)
+    d_model=768, num_heads=12, d_ff=3072, num_encoder_layers=12, num_decoder_layers=12,
+    **_T5_1_0, **_PAPER_INIT,
+)  # fmt: skip
 _T5_1_0_LARGE = dict(
-    d_model=1024, num_heads=16, d_ff=4096, num_encoder_layers=24, num_decoder_layers=24, **_T5_1_0
-)
+    d_model=1024, num_heads=16, d_ff=4096, num_encoder_layers=24, num_decoder_layers=24,
+    **_T5_1_0, **_PAPER_INIT,
+)  # fmt: skip
 _T5_1_1_BASE = dict(
-    d_model=768, num_heads=12, d_ff=2048, num_encoder_layers=12, num_decoder_layers=12, **_T5_1_1
-)
+    d_model=768, num_heads=12, d_ff=2048, num_encoder_layers=12, num_decoder_layers=12,
+    **_T5_1_1, **_PAPER_INIT,
+)  # fmt: skip
 _TINY = dict(
     vocab_size=512,
     d_model=32,
@@ -395,6 +405,7 @@ SIZES.update({
         name="st_moe_32b", vocab_size=32128, d_model=5120, num_heads=64, head_dim=128,
         d_ff=20480, num_encoder_layers=24, num_decoder_layers=24, mlp_activation="gated-gelu",
         tie_embeddings=False, moe=_ST_MOE.replace(num_experts=64, router_z_loss_coef=0.001),
+        **_PAPER_INIT,
     ),
     # Tiny variants for CPU tests and smoke runs (byte vocabulary, 2+2 layers, layer 1 sparse).
     "switch_tiny_dense": ModelConfig(name="switch_tiny_dense", mlp_activation="relu",

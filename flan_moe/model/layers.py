@@ -121,13 +121,14 @@ class RelativePositionBias(nn.Module):
     bidirectional: bool
     dtype: str = "bfloat16"
     param_dtype: str = "float32"
+    init_scale: float = 1.0
 
     @nn.compact
     def __call__(self, query_positions: Array, key_positions: Array) -> Array:
         table = self.param(
             "rel_embedding",
             nn.with_logical_partitioning(
-                nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+                nn.initializers.variance_scaling(self.init_scale, "fan_avg", "uniform"),
                 ("relpos_buckets", "heads"),
             ),
             (self.num_buckets, self.num_heads),
@@ -193,6 +194,7 @@ class MultiHeadAttention(nn.Module):
         h, x, d = cfg.num_heads, cfg.head_dim, cfg.d_model
 
         def kernel(name: str, shape: tuple[int, ...], axes: tuple[str, ...], scale: float):
+            scale = scale * cfg.init_scale
             init = nn.initializers.variance_scaling(
                 scale, "fan_in", "normal", in_axis=0, out_axis=tuple(range(1, len(shape)))
             )
@@ -297,7 +299,7 @@ class MlpBlock(nn.Module):
         pdtype = dtype_of(cfg.param_dtype)
         d_ff = self.d_ff or cfg.d_ff
         rate = cfg.dropout_rate if self.dropout_rate is None else self.dropout_rate
-        init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+        init = nn.initializers.variance_scaling(cfg.init_scale, "fan_in", "normal")
 
         def dense(name: str, shape: tuple[int, int], axes: tuple[str, str]) -> Array:
             w = self.param(name, nn.with_logical_partitioning(init, axes), shape, pdtype)

@@ -83,7 +83,7 @@ class ExpertMlp(nn.Module):
         cfg = self.config
         pdtype = dtype_of(cfg.param_dtype)
         init = nn.initializers.variance_scaling(
-            1.0, "fan_in", "normal", in_axis=-2, out_axis=-1, batch_axis=(0,)
+            cfg.init_scale, "fan_in", "normal", in_axis=-2, out_axis=-1, batch_axis=(0,)
         )
         e, d, f = self.num_experts, cfg.d_model, self.d_ff
         in_axes = ("expert", "embed", "expert_mlp")

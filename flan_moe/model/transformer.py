@@ -158,6 +158,7 @@ class Encoder(nn.Module):
             bidirectional=True,
             dtype=cfg.dtype,
             param_dtype=cfg.param_dtype,
+            init_scale=cfg.init_scale,
             name="relpos_bias",
         )(positions, positions)
         for i in range(cfg.num_encoder_layers):
@@ -194,6 +195,7 @@ class Decoder(nn.Module):
             bidirectional=False,
             dtype=cfg.dtype,
             param_dtype=cfg.param_dtype,
+            init_scale=cfg.init_scale,
             name="relpos_bias",
         )
         stepping = decode and self.has_variable("cache", "position")
@@ -255,7 +257,8 @@ class Decoder(nn.Module):
             kernel = self.param(
                 "logits_dense",
                 nn.with_logical_partitioning(
-                    nn.initializers.variance_scaling(1.0, "fan_in", "normal"), ("embed", "vocab")
+                    nn.initializers.variance_scaling(cfg.init_scale, "fan_in", "normal"),
+                    ("embed", "vocab"),
                 ),
                 (cfg.d_model, cfg.vocab_size),
                 dtype_of(cfg.param_dtype),

@@ -7,14 +7,20 @@ batch. An arm whose loss equals its baseline's changes nothing and fails here.
 """
 
 import gin
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from flan_moe.cli import train as train_cli
 from flan_moe.cli.gin_flags import parse_gin, query_macro, split_gin_flags
 from flan_moe.experiments import runner, settings
+from flan_moe.model.transformer import EncoderDecoder
+from flan_moe.models import loss_fn
+from flan_moe.training.optimizers import make_optimizer
 from flan_moe.training.synthetic import synthetic_batch
-from flan_moe.training.trainer import Trainer
+from flan_moe.training.train_state import logical_param_axes
+from tests.random_params import random_params
 
 SCALE = settings.get_scale("tiny")
 STEPS = 4  # updates of a full-length run; a run with step_fraction f makes round(4 f)
@@ -44,15 +50,37 @@ def _configs(experiment, run, tmp_path):
     return model, optimizer, loss, max(1, round(STEPS * steps / SCALE.instruction_tune_steps))
 
 
-def _trained_loss(model, optimizer, loss, steps):
-    trainer = Trainer(model_config=model, optimizer_config=optimizer, loss_config=loss)
+def _trained_loss(model_config, optimizer_config, loss_config, steps):
+    """The training loss at the last of ``steps`` updates (the run's optimizer, freeze
+    mask, loss and dropout) from params drawn with seed 0, on one fixed batch."""
+    model = EncoderDecoder(model_config)
+    params = random_params(model, seed=0)
+    dummy = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy, dummy, dummy)
+    _, axes = logical_param_axes(abstract)
+    tx, _, trainable = make_optimizer(optimizer_config, params=params, param_axes=axes)
     batch = synthetic_batch(
-        batch_size=8, feature_lengths=LENGTHS, vocab_size=model.vocab_size, seed=0, step=0
+        batch_size=4, feature_lengths=LENGTHS, vocab_size=model_config.vocab_size, seed=0, step=0
     )
-    state = trainer.init(seed=0)
-    for _ in range(steps):
-        state, metrics = trainer.train_step(state, batch)
-    return float(metrics["loss"])
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+
+    @jax.jit
+    def step(params, opt_state, rng):
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, _), grads = grad_fn(
+            params, batch, model=model, loss_config=loss_config, dropout_rng=rng,
+            enable_dropout=True,
+        )  # fmt: skip
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = jax.tree_util.tree_map(
+            lambda t, p, u: p + u if t else p, trainable, params, updates
+        )
+        return params, opt_state, loss
+
+    opt_state = tx.init(params)
+    for i in range(steps):
+        params, opt_state, loss = step(params, opt_state, jax.random.PRNGKey(i))
+    return float(loss)
 
 
 def _assert_arms_differ(name, tmp_path):

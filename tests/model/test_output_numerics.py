@@ -1,5 +1,6 @@
 """Output logits are float32 (t5x), and cuDNN attention refuses dropout it cannot apply."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,3 +48,23 @@ def test_cudnn_attention_with_dropout_is_an_error():
             {"params": params}, enc, enc, enc, enable_dropout=True,
             rngs={"dropout": jax.random.PRNGKey(0)}, mutable=["moe_losses", "moe_metrics"],
         )  # fmt: skip
+
+
+def test_init_scale_scales_every_initialiser_but_embedding_and_router():
+    # flaxformer's SCALE multiplies the variance of the attention, MLP, expert,
+    # relative-position and output initialisers; same key -> values scale by sqrt(SCALE).
+    cfg = get_config("gs_tiny", dtype="float32")
+    tokens = jnp.ones((1, 4), jnp.int32)
+
+    def init(c):
+        variables = jax.jit(EncoderDecoder(c).init)(jax.random.PRNGKey(0), tokens, tokens, tokens)
+        return traverse_util.flatten_dict(nn.unbox(variables["params"]), sep="/")
+
+    base, small = init(cfg), init(cfg.replace(init_scale=0.1))
+    unscaled = ("token_embedder/embedding", "router/kernel")
+    for name, value in base.items():
+        if name.endswith("scale"):  # layer norms start at 1
+            continue
+        factor = 1.0 if name.endswith(unscaled) else np.sqrt(0.1)
+        np.testing.assert_allclose(small[name], np.asarray(value) * factor, rtol=1e-5, err_msg=name)
+    assert get_config("switch_base_8").init_scale == 0.1 and get_config("base").init_scale == 1.0
