@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flan_moe.interop.hf_switch import config_from_hf_switch
 from flan_moe.model import routing
 from flan_moe.model.config import get_config
 from flan_moe.model.moe import collect_moe_metrics, collect_router_losses
@@ -141,3 +142,45 @@ def test_paper_size_routing_and_losses_equal_flaxformers(name):
     # Hugging Face / DeepSeekMoE normalisation divides by k.
     per_choice = routing.load_balancing_loss(probs, out.expert_index, normalization="per_choice")
     np.testing.assert_allclose(float(per_choice), aux / k, rtol=1e-5)
+
+
+def test_router_losses_combine_as_t5x_mean_over_all_sparse_layers():
+    # t5x contrib/moe/models.py: _extract_diversity_metrics sums each sown loss over all
+    # sparse layers and divides by their count; Hugging Face sums the stack means.
+    def layer(aux, z):
+        return {"moe": {"load_balancing_loss": jnp.float32(aux), "router_z_loss": jnp.float32(z)}}
+
+    sown = {
+        "encoder": {"layers_1": layer(1.0, 10.0)},
+        "decoder": {"layers_1": layer(2.0, 20.0), "layers_3": layer(4.0, 40.0)},
+    }
+    t5x = collect_router_losses(sown, combination="mean_over_layers")
+    assert float(t5x["load_balancing_loss"]) == pytest.approx(7.0 / 3.0, rel=1e-6)
+    assert float(t5x["router_z_loss"]) == pytest.approx(70.0 / 3.0, rel=1e-6)
+    hf = collect_router_losses(sown, combination="sum_of_stack_means")
+    assert float(hf["load_balancing_loss"]) == pytest.approx(1.0 + 3.0, rel=1e-6)
+    assert float(hf["router_z_loss"]) == pytest.approx(10.0 + 30.0, rel=1e-6)
+    # The paper sizes use t5x's rule; the Hugging Face Switch converter keeps HF's.
+    for size in ("switch_base_8", "gs_base", "ec_base", "st_moe_base", "st_moe_32b"):
+        moe = get_config(size).moe
+        assert (moe.router_loss_combination, moe.load_balancing_normalization) == (
+            "mean_over_layers",
+            "flaxformer",
+        )
+        assert (moe.capacity_formula, moe.group_count) == ("flaxformer", "flaxformer")
+    hf_config = dict(
+        vocab_size=64,
+        d_model=32,
+        d_kv=8,
+        d_ff=48,
+        num_heads=4,
+        num_layers=2,
+        num_sparse_encoder_layers=1,
+        num_sparse_decoder_layers=1,
+        num_experts=4,
+    )
+    hf = config_from_hf_switch(hf_config).moe
+    assert (hf.router_loss_combination, hf.load_balancing_normalization) == (
+        "sum_of_stack_means",
+        "per_choice",
+    )
