@@ -96,7 +96,22 @@ def _assert_arms_differ(name, tmp_path):
     return losses
 
 
-def test_ablation_losses_arms_all_differ(tmp_path):
+def test_ablation_losses_arms_have_four_different_losses_on_a_fixed_batch(tmp_path):
+    """Fast: the loss of each arm's configs at the same params and batch (no training)."""
+    experiment = settings.get_experiment("ablation_losses", SCALE)
+    losses = {}
+    for run in experiment.runs:
+        model_config, _, loss_config, _ = _configs(experiment, run, tmp_path)
+        model = EncoderDecoder(model_config)
+        batch = synthetic_batch(batch_size=4, feature_lengths=LENGTHS,
+                                vocab_size=model_config.vocab_size, seed=0, step=0)  # fmt: skip
+        loss, _ = loss_fn(random_params(model, seed=0), batch, model=model, loss_config=loss_config)
+        losses[run.label] = float(loss)
+    assert len(losses) == 4 and len(set(losses.values())) == 4, losses
+
+
+@pytest.mark.slow
+def test_ablation_losses_arms_all_train_differently(tmp_path):
     losses = _assert_arms_differ("ablation_losses", tmp_path)
     assert len(losses) == 4 and len(set(losses.values())) == 4, losses
 
