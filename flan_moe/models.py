@@ -125,7 +125,10 @@ def _collect_moe(config: ModelConfig, state: dict[str, Any]) -> tuple[dict, dict
     from flan_moe.model.moe import collect_moe_metrics, collect_router_losses
 
     # Scanned layers sow [num_blocks] values: name them per layer as unrolled ones.
-    losses = collect_router_losses(scanned_to_unrolled(state.get("moe_losses", {}), config))
+    losses = collect_router_losses(
+        scanned_to_unrolled(state.get("moe_losses", {}), config),
+        combination=config.moe.router_loss_combination,
+    )
     metrics = collect_moe_metrics(scanned_to_unrolled(state.get("moe_metrics", {}), config))
     return dict(losses), dict(metrics)
 

@@ -158,10 +158,17 @@ def with_mesh_groups(config: ModelConfig, mesh: Mesh) -> ModelConfig:
     ``MoeConfig.num_groups_multiple`` becomes lcm(its value, data x expert), so every
     device routes whole groups of its own tokens (``expert_group`` is sharded over
     data x expert): with fewer groups than devices the MoE layer would run replicated.
+    ``num_expert_replicas`` is set as flaxformer infers it from the mesh.
     Grouping changes no parameter; only the capacity per group follows the group size.
     """
     if config.moe is None or config.moe.route_per_sequence:
         return config
     devices = mesh.shape["data"] * mesh.shape["expert"]
     multiple = math.lcm(config.moe.num_groups_multiple, devices)
-    return config.replace(moe=config.moe.replace(num_groups_multiple=multiple))
+    # group_count="flaxformer" rounds to a multiple of E x num_expert_replicas, which
+    # flaxformer infers from the mesh (moe_layers._num_expert_replicas): device_count //
+    # (expert x model partitions).
+    replicas = max(1, mesh.size // (mesh.shape["expert"] * mesh.shape["model"]))
+    return config.replace(
+        moe=config.moe.replace(num_groups_multiple=multiple, num_expert_replicas=replicas)
+    )

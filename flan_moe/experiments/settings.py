@@ -299,6 +299,9 @@ def _losses(scale: Scale) -> Experiment:
         ModelRun("no aux loss", "switch", bindings=(("LossConfig.aux_loss_coef", 0.0),)),
         ModelRun("aux 0.01, z 0.001", "switch",
                  bindings=(("LossConfig.router_z_loss_coef", 0.001),)),
+        ModelRun("no aux loss, z 0.001", "switch",
+                 bindings=(("LossConfig.aux_loss_coef", 0.0),
+                           ("LossConfig.router_z_loss_coef", 0.001))),
     )  # fmt: skip
     return _ablation(
         "ablation_losses", "Ablation: auxiliary load-balancing and router z-loss",

@@ -101,6 +101,12 @@ def config_from_hf_switch(hf_config: Any, **overrides: Any) -> ModelConfig:
         min_expert_capacity=capacity,
         route_per_sequence=True,
         load_balancing_pooling="stack",
+        # Hugging Face's conventions (WORKSPACE.md "MoE conventions"): per-sequence
+        # groups, HF's aux-loss normalisation, encoder + decoder losses summed.
+        capacity_formula="times_k",
+        group_count="max_group_size",
+        load_balancing_normalization="per_choice",
+        router_loss_combination="sum_of_stack_means",
         dispatch="einsum",
         router_jitter_noise=float(hf_config_value(hf_config, "router_jitter_noise", 0.0)),
         router_bias=bool(hf_config_value(hf_config, "router_bias", False)),

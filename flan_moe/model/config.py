@@ -50,18 +50,32 @@ class MoeConfig:
     batch_prioritized_routing: bool = False
     # Mixtral: renormalise the top-k combine weights to sum to one.
     renormalize_top_k: bool = False
-    # Buffer slots per expert and group:
-    #   capacity = min(max(round(capacity_factor * k * tokens_per_group / num_experts),
+    # Buffer slots per expert and group (``routing.expert_capacity``):
+    #   capacity = min(max(round(capacity_factor * K * tokens_per_group / num_experts),
     #                      min_expert_capacity), tokens_per_group)
-    # (k = 1 for expert choice). Train factor when dropout is on, eval factor otherwise.
-    # capacity_factor 0 with min_expert_capacity C gives a fixed capacity C (Hugging Face).
+    # with K = 1 for capacity_formula="flaxformer" (moe_layers.MoeLayer: the factor
+    # alone sets the slots, whatever k) and K = k for "times_k" (slots grow with the
+    # choices per token). Expert choice always uses K = 1. Train factor when dropout is
+    # on, eval factor otherwise. capacity_factor 0 with min_expert_capacity C gives a
+    # fixed capacity C (Hugging Face).
+    capacity_formula: Literal["flaxformer", "times_k"] = "flaxformer"
     capacity_factor_train: float = 1.25
     capacity_factor_eval: float = 2.0
     min_expert_capacity: int = 4
-    # Tokens are routed in groups of at most this many (batch and length flattened).
+    # Tokens are routed in groups (batch and length flattened); ``routing.group_count``.
+    # group_count="flaxformer" (moe_layers._num_groups): the smallest count >=
+    # max(tokens // max_group_size, E * num_expert_replicas) that divides the tokens and
+    # is a multiple of E * num_expert_replicas (when the tokens are not a multiple of
+    # E * replicas, e.g. one decoding step, flaxformer pads; we fall back to the
+    # "max_group_size" rule). "max_group_size": the smallest count >=
+    # ceil(tokens / max_group_size) that divides the tokens, preferring multiples of
+    # num_groups_multiple.
+    group_count: Literal["flaxformer", "max_group_size"] = "flaxformer"
     max_group_size: int = 4096
-    # The number of groups is rounded up to a multiple of this when the token count
-    # allows: set it to the data x expert device count so groups shard evenly.
+    # flaxformer's num_expert_replicas: device_count // (expert x model partitions).
+    num_expert_replicas: int = 1
+    # "max_group_size" rule only: the number of groups is rounded up to a multiple of
+    # this when the token count allows (the data x expert device count).
     num_groups_multiple: int = 1
     # Each batch row is one group (Hugging Face Switch); max_group_size is ignored.
     route_per_sequence: bool = False
@@ -72,6 +86,15 @@ class MoeConfig:
     router_bias: bool = False
     router_ignore_padding_tokens: bool = False
     aux_loss_coef: float = 0.01
+    # Load-balancing loss E * sum_e f_e * P_e: "flaxformer" (routing._load_balancing_loss)
+    # takes f_e = share of tokens with e among their top-k (sum_e f_e = k, uniform
+    # routing gives k); "per_choice" divides by k (uniform gives 1; HF / DeepSeekMoE).
+    load_balancing_normalization: Literal["flaxformer", "per_choice"] = "flaxformer"
+    # How layer losses combine into the model's router losses: "mean_over_layers" = mean
+    # over all sparse layers of the model (t5x contrib/moe/models.py
+    # _extract_diversity_metrics; expert-choice layers count with aux 0);
+    # "sum_of_stack_means" = encoder mean + decoder mean (Hugging Face Switch).
+    router_loss_combination: Literal["mean_over_layers", "sum_of_stack_means"] = "mean_over_layers"
     # How a stack's sparse layers combine into its load-balancing loss: "layer" = the
     # mean of per-layer losses (t5x / flaxformer); "stack" = pool each group's expert
     # fractions and mean probabilities over the stack's layers, then multiply (Hugging
@@ -120,6 +143,25 @@ class MoeConfig:
                 "load_balancing_pooling must be 'layer' or 'stack', "
                 f"got {self.load_balancing_pooling!r}"
             )
+        conventions = {
+            "capacity_formula": ("flaxformer", "times_k"),
+            "group_count": ("flaxformer", "max_group_size"),
+            "load_balancing_normalization": ("flaxformer", "per_choice"),
+            "router_loss_combination": ("mean_over_layers", "sum_of_stack_means"),
+        }
+        for name, allowed in conventions.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"MoeConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}"
+                )
+        if self.load_balancing_pooling == "stack" and (
+            self.router_loss_combination != "sum_of_stack_means"
+        ):
+            raise ValueError(
+                "load_balancing_pooling='stack' (Hugging Face's pooled aux loss) needs "
+                "router_loss_combination='sum_of_stack_means'; the t5x mean over layers "
+                "uses per-layer losses"
+            )
         if self.dispatch not in ("einsum", "gather"):
             raise ValueError(f"dispatch must be 'einsum' or 'gather', got {self.dispatch!r}")
         if self.encoder_router not in ("tokens_choose", "experts_choose"):
@@ -128,6 +170,7 @@ class MoeConfig:
                 f"got {self.encoder_router!r}"
             )
         positive = ("num_selected_experts", "max_group_size", "num_groups_multiple")
+        positive += ("num_expert_replicas",)
         positive += ("sparse_interval", "expert_granularity")
         for name in positive:
             if getattr(self, name) < 1:
@@ -225,6 +268,10 @@ class ModelConfig:
     # nn.scan over blocks of layers (a "layers" logical axis on every layer param):
     # compiles one block instead of every layer. Param tree: see layer_stack.py.
     scan_layers: bool = False
+    # flaxformer's SCALE: multiplies the variance of the attention, MLP, expert,
+    # relative-position and untied output initialisers (the MoE gin files use 0.1,
+    # "small weight initialization for stability"; the embedding and router keep theirs).
+    init_scale: float = 1.0
     moe: MoeConfig | None = None
 
     def __post_init__(self) -> None:
@@ -304,18 +351,25 @@ SIZES: dict[str, ModelConfig] = {
 # embedding, every other layer sparse (layers 1, 3, 5, ... as Hugging Face's
 # switch-base-*), top-1, capacity factor 1.25 train / 2.0 eval, aux loss 0.01, no
 # z-loss. GShard (top-2), expert choice and ST-MoE use the T5 v1.1 shapes (gated
-# GELU, untied head). ST-MoE: top-2 every 4th layer, z-loss 0.001 (Zoph et al. 2022).
+# GELU, untied head). ST-MoE: top-2 every 4th layer + an extra dense MLP, z-loss 1e-4
+# (Base) / 1e-3 (32B) as flaxformer's st_moe_{base,32b}.gin (Zoph et al. 2022).
 # Experts use the Flan-MoE paper's expert dropout 0.2.
 _T5_1_0 = dict(vocab_size=32128, head_dim=64, mlp_activation="relu", tie_embeddings=True)
+# The flaxformer-based paper sizes (and their dense twins) use the MoE gin files'
+# SCALE = 0.1 initialisation (tokens_choose_base.gin, included by switch_base.gin).
+_PAPER_INIT = dict(init_scale=0.1)
 _T5_1_0_BASE = dict(
-    d_model=768, num_heads=12, d_ff=3072, num_encoder_layers=12, num_decoder_layers=12, **_T5_1_0
-)
+    d_model=768, num_heads=12, d_ff=3072, num_encoder_layers=12, num_decoder_layers=12,
+    **_T5_1_0, **_PAPER_INIT,
+)  # fmt: skip
 _T5_1_0_LARGE = dict(
-    d_model=1024, num_heads=16, d_ff=4096, num_encoder_layers=24, num_decoder_layers=24, **_T5_1_0
-)
+    d_model=1024, num_heads=16, d_ff=4096, num_encoder_layers=24, num_decoder_layers=24,
+    **_T5_1_0, **_PAPER_INIT,
+)  # fmt: skip
 _T5_1_1_BASE = dict(
-    d_model=768, num_heads=12, d_ff=2048, num_encoder_layers=12, num_decoder_layers=12, **_T5_1_1
-)
+    d_model=768, num_heads=12, d_ff=2048, num_encoder_layers=12, num_decoder_layers=12,
+    **_T5_1_1, **_PAPER_INIT,
+)  # fmt: skip
 _TINY = dict(
     vocab_size=512,
     d_model=32,
@@ -342,7 +396,12 @@ _SWITCH = MoeConfig(
     # one-hot einsum), and the fewest temp bytes except under expert choice.
     dispatch="gather",
 )
-_GSHARD = _SWITCH.replace(num_experts=32, num_selected_experts=2)
+# Audited against flaxformer/t5x/configs/moe (WORKSPACE.md "Paper sizes"): Switch Base
+# routes groups of 8192 (switch_base.gin); top-2 encoders use batch-prioritized routing
+# (tokens_choose_base.gin); ST-MoE has an extra dense MLP beside each sparse one and
+# MIXED placement (every 4th layer = layers 3, 7, 11), z-loss 1e-4 at Base (st_moe_base.gin).
+_SWITCH_BASE = _SWITCH.replace(max_group_size=8192)
+_GSHARD = _SWITCH.replace(num_experts=32, num_selected_experts=2, batch_prioritized_routing=True)
 _EXPERT_CHOICE = _SWITCH.replace(
     num_experts=32,
     encoder_router="experts_choose",
@@ -351,12 +410,15 @@ _EXPERT_CHOICE = _SWITCH.replace(
     capacity_factor_eval=2.0,
 )
 _ST_MOE = _SWITCH.replace(
-    num_experts=32, num_selected_experts=2, sparse_interval=4, router_z_loss_coef=0.001
-)
+    num_experts=32, num_selected_experts=2, sparse_interval=4, sparse_offset=3,
+    router_z_loss_coef=0.0001, extra_dense_mlp=True,
+)  # fmt: skip
 
 for _experts in (8, 16, 32, 64, 128, 256):
     SIZES[f"switch_base_{_experts}"] = ModelConfig(
-        name=f"switch_base_{_experts}", moe=_SWITCH.replace(num_experts=_experts), **_T5_1_0_BASE
+        name=f"switch_base_{_experts}",
+        moe=_SWITCH_BASE.replace(num_experts=_experts),
+        **_T5_1_0_BASE,
     )
 SIZES.update({
     # The dense counterparts of switch_base_* / switch_large_128 (T5 1.0 shapes).
@@ -371,7 +433,8 @@ SIZES.update({
     "st_moe_32b": ModelConfig(
         name="st_moe_32b", vocab_size=32128, d_model=5120, num_heads=64, head_dim=128,
         d_ff=20480, num_encoder_layers=24, num_decoder_layers=24, mlp_activation="gated-gelu",
-        tie_embeddings=False, moe=_ST_MOE.replace(num_experts=64),
+        tie_embeddings=False, moe=_ST_MOE.replace(num_experts=64, router_z_loss_coef=0.001),
+        **_PAPER_INIT,
     ),
     # Tiny variants for CPU tests and smoke runs (byte vocabulary, 2+2 layers, layer 1 sparse).
     "switch_tiny_dense": ModelConfig(name="switch_tiny_dense", mlp_activation="relu",
@@ -380,7 +443,8 @@ SIZES.update({
                                  moe=_SWITCH, **_TINY),
     "gs_tiny": ModelConfig(name="gs_tiny", moe=_GSHARD.replace(num_experts=8), **_TINY),
     "ec_tiny": ModelConfig(name="ec_tiny", moe=_EXPERT_CHOICE.replace(num_experts=8), **_TINY),
-    "st_moe_tiny": ModelConfig(name="st_moe_tiny", moe=_ST_MOE.replace(num_experts=8), **_TINY),
+    "st_moe_tiny": ModelConfig(name="st_moe_tiny", moe=_ST_MOE.replace(
+        num_experts=8, sparse_interval=2, sparse_offset=1), **_TINY),
 })  # fmt: skip
 
 # Expert-count ablation at tiny scale (same active compute as switch_tiny_8).

@@ -75,8 +75,9 @@ class Embed(nn.Module):
         return jnp.take(embedding, tokens, axis=0)
 
     def attend(self, x: Array) -> Array:
-        embedding = self.embedding.astype(dtype_of(self.dtype))
-        return jnp.einsum("bld,vd->blv", x, embedding)
+        """Float32 logits (t5x / flaxformer ``attend_dtype='float32'``)."""
+        embedding = self.embedding.astype(jnp.float32)
+        return jnp.einsum("bld,vd->blv", x.astype(jnp.float32), embedding)
 
 
 def relative_position_bucket(
@@ -120,13 +121,14 @@ class RelativePositionBias(nn.Module):
     bidirectional: bool
     dtype: str = "bfloat16"
     param_dtype: str = "float32"
+    init_scale: float = 1.0
 
     @nn.compact
     def __call__(self, query_positions: Array, key_positions: Array) -> Array:
         table = self.param(
             "rel_embedding",
             nn.with_logical_partitioning(
-                nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+                nn.initializers.variance_scaling(self.init_scale, "fan_avg", "uniform"),
                 ("relpos_buckets", "heads"),
             ),
             (self.num_buckets, self.num_heads),
@@ -192,6 +194,7 @@ class MultiHeadAttention(nn.Module):
         h, x, d = cfg.num_heads, cfg.head_dim, cfg.d_model
 
         def kernel(name: str, shape: tuple[int, ...], axes: tuple[str, ...], scale: float):
+            scale = scale * cfg.init_scale
             init = nn.initializers.variance_scaling(
                 scale, "fan_in", "normal", in_axis=0, out_axis=tuple(range(1, len(shape)))
             )
@@ -225,8 +228,11 @@ class MultiHeadAttention(nn.Module):
         fused = cfg.attention_implementation in ("dot_product", "cudnn") and not decode
         if fused and enable_dropout and cfg.dropout_rate > 0:
             raise ValueError(
-                f"attention_implementation={cfg.attention_implementation!r} has no attention "
-                "dropout: set dropout_rate=0 or attention_implementation='xla'"
+                f"attention_implementation={cfg.attention_implementation!r} cannot apply "
+                f"attention dropout (dropout_rate={cfg.dropout_rate}): "
+                "jax.nn.dot_product_attention has no dropout. Train with "
+                "attention_implementation='xla', or set dropout_rate=0 (the fused kernels are "
+                "fine for evaluation and decoding)"
             )
         if fused:
             # T5: no 1/sqrt(head_dim) at call time (scale=1), the relative bias + mask added.
@@ -296,7 +302,7 @@ class MlpBlock(nn.Module):
         pdtype = dtype_of(cfg.param_dtype)
         d_ff = self.d_ff or cfg.d_ff
         rate = cfg.dropout_rate if self.dropout_rate is None else self.dropout_rate
-        init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+        init = nn.initializers.variance_scaling(cfg.init_scale, "fan_in", "normal")
 
         def dense(name: str, shape: tuple[int, int], axes: tuple[str, str]) -> Array:
             w = self.param(name, nn.with_logical_partitioning(init, axes), shape, pdtype)

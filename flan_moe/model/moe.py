@@ -30,12 +30,12 @@ device or with experts replicated).
 
 Losses and metrics are sown unweighted (each call overwrites its values);
 ``collect_router_losses`` and ``collect_moe_metrics`` turn the collections into named
-arrays. Combination rule: a loss is averaged over the sparse layers of each stack and
-the stack averages are summed, as Hugging Face Switch sums its encoder and decoder
-losses. The z-loss then equals HF's exactly; HF pools a stack's sparse layers before
-multiplying f and P in the aux loss, which equals our per-layer mean exactly when a
-stack has one sparse layer (and each of our layer losses is HF's formula on that
-layer). The model loss is
+arrays. Combination (``MoeConfig.router_loss_combination``): by default each loss is
+the mean over all sparse layers of the model (t5x ``MoeEncoderDecoderModel``);
+"sum_of_stack_means" averages each stack's layers and sums the stacks, as Hugging Face
+Switch sums its encoder and decoder losses (with ``load_balancing_pooling="stack"``
+HF's pooled aux loss exactly). Both losses are sown whatever the coefficients (as
+flaxformer's routers always compute them). The model loss is
 CE + aux_loss_coef * load_balancing_loss + router_z_loss_coef * router_z_loss.
 """
 
@@ -83,7 +83,7 @@ class ExpertMlp(nn.Module):
         cfg = self.config
         pdtype = dtype_of(cfg.param_dtype)
         init = nn.initializers.variance_scaling(
-            1.0, "fan_in", "normal", in_axis=-2, out_axis=-1, batch_axis=(0,)
+            cfg.init_scale, "fan_in", "normal", in_axis=-2, out_axis=-1, batch_axis=(0,)
         )
         e, d, f = self.num_experts, cfg.d_model, self.d_ff
         in_axes = ("expert", "embed", "expert_mlp")
@@ -163,14 +163,7 @@ class MoeBlock(nn.Module):
         dtype = dtype_of(cfg.dtype)
         b, length, d = x.shape
         x = x.astype(dtype)
-        if moe.route_per_sequence:
-            g = b
-        else:
-            g = routing_lib.num_groups(
-                num_tokens=b * length,
-                max_group_size=moe.max_group_size,
-                multiple=moe.num_groups_multiple,
-            )
+        g = b if moe.route_per_sequence else routing_lib.group_count(moe, b * length)
         s = b * length // g
         e = moe.num_experts
         router_type = moe.router_type(decoder=self.decoder)
@@ -189,26 +182,14 @@ class MoeBlock(nn.Module):
                 name="router",
             )(xg, enable_dropout=enable_dropout)
             probs = jax.nn.softmax(logits, axis=-1)
-            capacity_factor = moe.capacity_factor(train=enable_dropout)
-            if router_type == "experts_choose":
-                capacity = routing_lib.expert_capacity(
-                    tokens_per_group=s,
-                    num_experts=e,
-                    num_selected=1,
-                    capacity_factor=capacity_factor,
-                    min_capacity=moe.min_expert_capacity,
+            capacity = None
+            if router_type == "experts_choose" or not moe.dropless:
+                capacity = routing_lib.capacity_for(
+                    moe, tokens_per_group=s, decoder=self.decoder, train=enable_dropout
                 )
+            if router_type == "experts_choose":
                 routing = routing_lib.experts_choose(probs, capacity=capacity, valid=valid)
             else:
-                capacity = None
-                if not moe.dropless:
-                    capacity = routing_lib.expert_capacity(
-                        tokens_per_group=s,
-                        num_experts=e,
-                        num_selected=k,
-                        capacity_factor=capacity_factor,
-                        min_capacity=moe.min_expert_capacity,
-                    )
                 routing = routing_lib.tokens_choose(
                     probs,
                     k=k,
@@ -257,16 +238,22 @@ class MoeBlock(nn.Module):
             self.sow(collection, name, value, init_fn=lambda: 0.0, reduce_fn=lambda _, v: v)
 
         tokens_choose = router_type == "tokens_choose"
-        # Expert choice is balanced by construction: it has no load-balancing loss.
-        if moe.aux_loss_coef > 0 and tokens_choose:
-            stats = routing_lib.load_balancing_statistics(probs, routing.expert_index, valid)
+        # Both losses are always sown (as flaxformer's routers always compute them), so
+        # a run's coefficient can turn on a loss the model config leaves at 0.
+        # Expert choice is balanced by construction: its load-balancing loss is 0, and
+        # it counts in the mean over layers (flaxformer ExpertsChooseMaskedRouter).
+        if tokens_choose:
+            stats = routing_lib.load_balancing_statistics(
+                probs, routing.expert_index, valid, normalization=moe.load_balancing_normalization
+            )
             sow(LOSS_COLLECTION, "load_balancing_loss",
                 routing_lib.load_balancing_from_statistics(*stats))  # fmt: skip
             if moe.load_balancing_pooling == "stack":
                 for stat_name, value in zip(POOLING_STATISTICS, stats):
                     sow(LOSS_COLLECTION, stat_name, value)
-        if moe.router_z_loss_coef > 0:
-            sow(LOSS_COLLECTION, "router_z_loss", routing_lib.router_z_loss(logits, valid))
+        else:
+            sow(LOSS_COLLECTION, "load_balancing_loss", jnp.zeros((), jnp.float32))
+        sow(LOSS_COLLECTION, "router_z_loss", routing_lib.router_z_loss(logits, valid))
         if self.is_mutable_collection(METRICS_COLLECTION):
             metrics = routing_lib.routing_metrics(
                 jax.lax.stop_gradient(probs),
@@ -376,15 +363,24 @@ def _stack_of(path: tuple[str, ...]) -> str:
     return "model"
 
 
-def collect_router_losses(moe_losses: Mapping[str, Any]) -> dict[str, Array]:
+def collect_router_losses(
+    moe_losses: Mapping[str, Any], *, combination: str = "mean_over_layers"
+) -> dict[str, Array]:
     """Unweighted router losses from the ``moe_losses`` collection of ``model.apply``.
 
     Returns, for each sown loss name (``load_balancing_loss``, ``router_z_loss``):
     per layer ``"encoder/layers_1/load_balancing_loss"``, per stack (mean over that
-    stack's sparse layers) ``"encoder/load_balancing_loss"``, and the total (sum of the
-    stack means, Hugging Face Switch's combination) ``"load_balancing_loss"``. A loss
-    no layer sowed (coefficient 0, or expert choice everywhere) is 0.0 in the total.
+    stack's sparse layers, or its pooled loss) ``"encoder/load_balancing_loss"``, and
+    the total ``"load_balancing_loss"`` by ``combination`` (``MoeConfig.
+    router_loss_combination``): "mean_over_layers" = mean over every sparse layer of
+    the model (t5x contrib/moe/models.py ``_extract_diversity_metrics``);
+    "sum_of_stack_means" = sum of the stack values (Hugging Face Switch). A loss no
+    layer sowed is 0.0 in the total.
     """
+    if combination not in ("mean_over_layers", "sum_of_stack_means"):
+        raise ValueError(
+            f"combination must be 'mean_over_layers' or 'sum_of_stack_means', got {combination!r}"
+        )
     out: dict[str, Array] = {}
     for name in LOSS_NAMES:
         per_layer = _flat_sown(moe_losses, name)
@@ -398,6 +394,8 @@ def collect_router_losses(moe_losses: Mapping[str, Any]) -> dict[str, Array]:
             value = pooled.get(stack, jnp.mean(jnp.stack(values)))
             out[f"{stack}/{name}"] = value
             total = total + value
+        if combination == "mean_over_layers" and per_layer:
+            total = jnp.mean(jnp.stack(list(per_layer.values())))
         out[name] = total
     return out
 

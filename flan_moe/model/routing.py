@@ -26,11 +26,14 @@ priority.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+if TYPE_CHECKING:
+    from flan_moe.model.config import MoeConfig
 
 Array = jax.Array
 
@@ -66,6 +69,9 @@ def expert_capacity(
     capacity = min(max(round(capacity_factor * k * tokens_per_group / E), min_capacity),
                    tokens_per_group)
 
+    ``num_selected`` is the k of this formula: flaxformer passes 1 whatever the router's
+    k (``capacity_for`` picks it from ``MoeConfig.capacity_formula``).
+
     Worked example (Switch-Base-8 training): groups of 4096 tokens, E = 8, k = 1,
     capacity factor 1.25: round(1.25 * 1 * 4096 / 8) = 640 slots per expert, so 8 * 640
     = 5120 slots for 4096 tokens. If 700 tokens pick expert 3, the first 640 of them
@@ -78,6 +84,59 @@ def expert_capacity(
     """
     capacity = round(capacity_factor * num_selected * tokens_per_group / num_experts)
     return int(min(max(capacity, min_capacity), tokens_per_group))
+
+
+def flaxformer_num_groups(
+    *, num_tokens: int, max_group_size: int, num_experts: int, num_expert_replicas: int = 1
+) -> int | None:
+    """flaxformer's group count (``moe_layers._num_groups``), or None where it would pad.
+
+    The smallest count >= max(num_tokens // max_group_size, E * replicas) (floor, as
+    flaxformer) that divides num_tokens and is a multiple of E * replicas. When
+    num_tokens is not a multiple of E * replicas flaxformer first pads the batch with
+    zero tokens (``_maybe_pad``); we return None and the caller uses ``num_groups``.
+    Example (gs_base training, 32 x 2048 encoder tokens, E = 32): 65536 // 4096 = 16 <
+    32, so 32 groups of 2048 tokens.
+    """
+    if num_tokens < 1:
+        raise ValueError(f"cannot route {num_tokens} tokens")
+    total = num_experts * num_expert_replicas
+    if num_tokens % total:
+        return None
+    g = max(num_tokens // max_group_size, total)
+    while g < num_tokens and (num_tokens % g or g % total):
+        g += 1
+    return g
+
+
+def group_count(moe: MoeConfig, num_tokens: int) -> int:
+    """The number of routing groups for ``num_tokens`` tokens under ``moe.group_count``."""
+    if moe.group_count == "flaxformer":
+        g = flaxformer_num_groups(
+            num_tokens=num_tokens,
+            max_group_size=moe.max_group_size,
+            num_experts=moe.num_experts,
+            num_expert_replicas=moe.num_expert_replicas,
+        )
+        if g is not None:
+            return g
+    return num_groups(
+        num_tokens=num_tokens, max_group_size=moe.max_group_size, multiple=moe.num_groups_multiple
+    )
+
+
+def capacity_for(moe: MoeConfig, *, tokens_per_group: int, decoder: bool, train: bool) -> int:
+    """Buffer slots per expert for a layer of ``moe`` (``capacity_formula``, router type)."""
+    k = 1
+    if moe.capacity_formula == "times_k" and moe.router_type(decoder=decoder) == "tokens_choose":
+        k = moe.num_selected(decoder=decoder)
+    return expert_capacity(
+        tokens_per_group=tokens_per_group,
+        num_experts=moe.num_experts,
+        num_selected=k,
+        capacity_factor=moe.capacity_factor(train=train),
+        min_capacity=moe.min_expert_capacity,
+    )
 
 
 def num_groups(*, num_tokens: int, max_group_size: int, multiple: int = 1) -> int:
@@ -269,12 +328,22 @@ def _token_weights(shape: tuple[int, int], valid: Array | None) -> Array:
 
 
 def load_balancing_statistics(
-    probs: Array, expert_index: Array, valid: Array | None = None
+    probs: Array,
+    expert_index: Array,
+    valid: Array | None = None,
+    *,
+    normalization: str = "per_choice",
 ) -> tuple[Array, Array, Array]:
-    """Per group: summed expert choices / k [g, e], summed router probabilities [g, e]
-    and the number of (valid) tokens [g]. Sums, so layers can be pooled by adding."""
+    """Per group: summed expert choices [g, e] (divided by k for "per_choice"), summed
+    router probabilities [g, e] and the number of (valid) tokens [g]. Sums, so layers
+    can be pooled by adding."""
+    if normalization not in ("flaxformer", "per_choice"):
+        raise ValueError(
+            f"load-balancing normalization must be 'flaxformer' or 'per_choice', "
+            f"got {normalization!r}"
+        )
     g, s, e = probs.shape
-    k = expert_index.shape[-1]
+    k = expert_index.shape[-1] if normalization == "per_choice" else 1
     w = _token_weights((g, s), valid)
     chosen = jnp.sum(jax.nn.one_hot(expert_index, e, dtype=jnp.float32), axis=-2)  # [g, s, e]
     choices = jnp.einsum("gse,gs->ge", chosen, w) / k
@@ -289,17 +358,24 @@ def load_balancing_from_statistics(choices: Array, prob_sums: Array, counts: Arr
     return jnp.mean(choices.shape[-1] * jnp.sum(f * p, axis=-1))
 
 
-def load_balancing_loss(probs: Array, expert_index: Array, valid: Array | None = None) -> Array:
+def load_balancing_loss(
+    probs: Array,
+    expert_index: Array,
+    valid: Array | None = None,
+    *,
+    normalization: str = "per_choice",
+) -> Array:
     """Switch / GShard auxiliary loss: E * sum_e f_e * P_e, averaged over groups.
 
-    f_e: fraction of the group's token choices (before capacity dropping) that picked
-    expert e, normalised by k so that sum_e f_e = 1; P_e: mean router probability of e.
-    Perfectly uniform routing gives 1.0, its minimum for consistent routing; the loss
-    grows with imbalance. For k = 1 this is exactly Switch's loss (and Hugging Face's
-    per layer); for k > 1 it is flaxformer's divided by k (DeepSeekMoE's normalisation).
+    f_e: share of the group's tokens (before capacity dropping) that have expert e among
+    their top-k choices; P_e: mean router probability of e. ``normalization``:
+    "flaxformer" keeps sum_e f_e = k (flaxformer routing._load_balancing_loss: uniform
+    routing gives k); "per_choice" divides f by k so sum_e f_e = 1 (uniform gives 1.0;
+    Hugging Face, DeepSeekMoE). For k = 1 both are Switch's loss.
     Padding tokens (``valid`` False) are left out of both means.
     """
-    return load_balancing_from_statistics(*load_balancing_statistics(probs, expert_index, valid))
+    stats = load_balancing_statistics(probs, expert_index, valid, normalization=normalization)
+    return load_balancing_from_statistics(*stats)
 
 
 def router_z_loss(logits: Array, valid: Array | None = None) -> Array:

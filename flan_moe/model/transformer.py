@@ -232,6 +232,7 @@ class Encoder(nn.Module):
             bidirectional=True,
             dtype=cfg.dtype,
             param_dtype=cfg.param_dtype,
+            init_scale=cfg.init_scale,
             name="relpos_bias",
         )(positions, positions)
         x = _run_layers(cfg, x, (mask, bias, valid), decoder=False, enable_dropout=enable_dropout)
@@ -265,6 +266,7 @@ class Decoder(nn.Module):
             bidirectional=False,
             dtype=cfg.dtype,
             param_dtype=cfg.param_dtype,
+            init_scale=cfg.init_scale,
             name="relpos_bias",
         )
         stepping = decode and self.has_variable("cache", "position")
@@ -318,17 +320,20 @@ class Decoder(nn.Module):
 
         if cfg.tie_embeddings:
             # T5 1.0: reuse the embedding, rescaled by 1/sqrt(d_model).
-            logits = self.embedder.attend(x * (cfg.d_model**-0.5))
+            logits = self.embedder.attend(x.astype(jnp.float32) * (cfg.d_model**-0.5))
         else:
             kernel = self.param(
                 "logits_dense",
                 nn.with_logical_partitioning(
-                    nn.initializers.variance_scaling(1.0, "fan_in", "normal"), ("embed", "vocab")
+                    nn.initializers.variance_scaling(cfg.init_scale, "fan_in", "normal"),
+                    ("embed", "vocab"),
                 ),
                 (cfg.d_model, cfg.vocab_size),
                 dtype_of(cfg.param_dtype),
             )
-            logits = jnp.einsum("bld,dv->blv", x, kernel.astype(dtype_of(cfg.dtype)))
+            # Float32 output projection whatever the compute dtype (t5x's output_logits
+            # DenseGeneral has dtype='float32'): scores and losses read these logits.
+            logits = jnp.einsum("bld,dv->blv", x.astype(jnp.float32), kernel.astype(jnp.float32))
         logits = constrain(logits, ("batch", "length", "vocab"))
         return logits.astype(jnp.float32)
 

@@ -1,13 +1,14 @@
 """Optimizers, learning-rate schedules and freeze masks (optax).
 
-* ``adafactor``: Adafactor (Shazeer & Stern 2018) with t5x's defaults: factored
-  second moments for params whose two largest non-batch dims are >= 128, decay
-  rate 0.8 (beta2_t = 1 - t^-0.8), no momentum, update clipping at RMS 1.0, step
-  size scaled by the parameter's RMS (floor 1e-3), epsilon 1e-30. Dims whose logical
-  axis is ``expert`` are BATCH dims: each expert gets its own factored statistics,
-  its own update clipping and its own parameter scale, exactly as if it were a
-  separate weight matrix. Factored statistics are stored with size-1 (reduced) dims
-  kept, so their sharding follows the param's logical axes.
+* ``adafactor``: t5x's Adafactor (``t5x/adafactor.py``) with the MoE gin files'
+  logical factor rules (``FACTOR_RULES``): decay rate 0.8 (beta2_t = 1 - t^-0.8), no
+  momentum, update clipping at RMS 1.0, step size scaled by the parameter's RMS
+  (floor 1e-3), epsilon 1e-30. Params of rank > 2 are factored by logical axis names
+  (attention [embed | heads, kv]; experts: ``expert`` is a BATCH dim, so each expert
+  gets its own statistics, clipping and parameter scale); params of rank <= 2 use
+  t5x's heuristic (the two largest dims, if the smaller is >= 128). Statistics have
+  t5x's shapes (v_row drops the col dims, v_col the row dims). ``weight_decay`` is
+  t5x's ``weight_decay_rate``: param <- (1 - rate) * param - lr * update.
 * ``adamw``: optax AdamW.
 * Schedules (functions of the absolute optimizer step): ``rsqrt`` (constant
   ``base / sqrt(warmup)`` during warmup, then ``base / sqrt(step)``, as t5x's
@@ -29,6 +30,7 @@ from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 Array = jax.Array
@@ -67,6 +69,7 @@ class OptimizerConfig:
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
+    # AdamW: decoupled decay scaled by the lr (optax); Adafactor: t5x weight_decay_rate.
     weight_decay: float = 0.0
     # Global-norm gradient clipping before the optimizer (None = off).
     max_grad_norm: float | None = None
@@ -150,31 +153,78 @@ def path_str(path: tuple) -> str:
     return "/".join(names)
 
 
+# t5x's logical factor rules: ``t5x/adafactor.py`` ``standard_logical_factor_rules`` updated
+# by ``t5x/contrib/moe/adafactor_utils.py`` ``logical_factor_rules`` (the MoE gin files'
+# ``adafactor.Adafactor.logical_factor_rules``). "row" / "col" dims are factored, "batch"
+# dims are independent problems (own statistics, clipping, parameter scale), None dims
+# are averaged over but not factored.
+FACTOR_RULES: dict[str, str | None] = {
+    "vocab": "col", "embed": "row", "mlp": "col", "heads": "col", "kv": "col",
+    "joined_kv": "col", "relpos_buckets": None, "layers": "batch", "stack": "batch",
+    "q_wi_fused": "col", "o_wo_fused": "col", "multiquery_heads": "col", "kv_fused": "col",
+    "layer_norm_scale": None, "mlp_activations": "col",
+    # t5x/contrib/moe/adafactor_utils.py
+    "expert": "batch", "expert_mlp": "col", "unmodeled": None, "mlp_embed": "row",
+}  # fmt: skip
+
+
 class _Factoring(NamedTuple):
-    batch_dims: tuple[int, ...]
-    # (row_dim, col_dim): v_row averages over col_dim, v_col over row_dim; None = unfactored.
-    dims: tuple[int, int] | None
+    # Dims each statistic is averaged over (all but the batch dims).
+    averaging_dims: tuple[int, ...]
+    # (row dims, col dims): v_row drops the col dims, v_col the row dims; None = whole v.
+    dims: tuple[tuple[int, ...], tuple[int, ...]] | None
+
+
+def _heuristic(shape: tuple[int, ...], min_dim: int) -> _Factoring:
+    """t5x's rule for params of rank <= 2 without batch dims (``Adafactor._factored_dims``):
+    factor the two largest dims when the smaller of them is >= ``min_dim``."""
+    everything = tuple(range(len(shape)))
+    if len(shape) < 2:
+        return _Factoring(everything, None)
+    order = np.argsort(shape)
+    if shape[order[-2]] < min_dim:
+        return _Factoring(everything, None)
+    return _Factoring(everything, ((int(order[-2]),), (int(order[-1]),)))
 
 
 def _factoring(
-    shape: tuple[int, ...], axes: tuple[str | None, ...] | None, min_dim: int
+    shape: tuple[int, ...], axes: tuple[str | None, ...] | None, min_dim: int, path: str = ""
 ) -> _Factoring:
-    # Scanned layers (the "layers" axis) are separate matrices too, as when unrolled.
-    batch_dims = tuple(i for i, a in enumerate(axes or ()) if a in ("expert", "layers"))
-    rest = [i for i in range(len(shape)) if i not in batch_dims]
-    if len(rest) < 2:
-        return _Factoring(batch_dims, None)
-    # The two largest non-batch dims (stable: later dim wins ties, as argsort).
-    order = sorted(rest, key=lambda i: (shape[i], i))
-    row, col = order[-2], order[-1]
-    if shape[row] < min_dim:
-        return _Factoring(batch_dims, None)
-    return _Factoring(batch_dims, (row, col))
+    """How t5x's Adafactor with ``FACTOR_RULES`` treats a param (``set_param_axes`` and
+    ``_parse_rule``): rank <= 2 without a batch dim falls back to the heuristic; otherwise
+    row and col dims are factored if both exist (else nothing is factored)."""
+    if axes is None:
+        if len(shape) > 2:
+            raise ValueError(
+                f"Adafactor needs the logical axis names of the rank-{len(shape)} param "
+                f"{path!r} (shape {shape}) to factor it; pass param_axes"
+            )
+        return _heuristic(shape, min_dim)
+    if len(axes) != len(shape):
+        raise ValueError(f"param {path!r} has shape {shape} but logical axes {axes}")
+    unknown = [a for a in axes if a is not None and a not in FACTOR_RULES]
+    if unknown:
+        raise ValueError(
+            f"no Adafactor factor rule for logical axes {unknown} of param {path!r}; "
+            f"add them to FACTOR_RULES (known: {sorted(FACTOR_RULES)})"
+        )
+    rule = [FACTOR_RULES[a] if a is not None else None for a in axes]
+    if "row" in rule and "col" in rule and None in rule:
+        raise ValueError(f"incomplete Adafactor factor rule {rule} for {path!r} (axes {axes})")
+    if "row" not in rule or "col" not in rule:
+        rule = [r if r == "batch" else None for r in rule]
+    batch = tuple(i for i, r in enumerate(rule) if r == "batch")
+    if len(shape) <= 2 and not batch:
+        return _heuristic(shape, min_dim)
+    rows = tuple(i for i, r in enumerate(rule) if r == "row")
+    cols = tuple(i for i, r in enumerate(rule) if r == "col")
+    averaging = tuple(i for i in range(len(shape)) if i not in batch)
+    return _Factoring(averaging, (rows, cols) if rows or cols else None)
 
 
 class AdafactorLeafState(NamedTuple):
-    v_row: Array  # param shape with col dim reduced to 1 (or [1] when unfactored)
-    v_col: Array  # param shape with row dim reduced to 1 (or [1] when unfactored)
+    v_row: Array  # param shape without the col dims (or [1] when unfactored)
+    v_col: Array  # param shape without the row dims (or [1] when unfactored)
     v: Array  # full second moment when unfactored (else [1])
 
 
@@ -195,32 +245,31 @@ def scale_by_adafactor(
 ) -> optax.GradientTransformation:
     """Adafactor's update direction (learning rate NOT applied; chain a schedule).
 
-    ``param_axes`` maps '/'-joined param paths to logical axis names; dims named
-    ``expert`` are treated as batch dims. Unknown paths have no batch dims.
+    t5x's ``Adafactor`` (``t5x/adafactor.py``, no momentum) with ``FACTOR_RULES``:
+    ``param_axes`` maps '/'-joined param paths to logical axis names. A param of rank
+    > 2 needs its axes; rank <= 2 params without axes use t5x's heuristic.
     """
 
     def leaf_factoring(path, p) -> _Factoring:
-        axes = (param_axes or {}).get(path_str(path))
-        return _factoring(tuple(p.shape), axes, min_dim_size_to_factor)
+        name = path_str(path)
+        axes = (param_axes or {}).get(name)
+        return _factoring(tuple(p.shape), axes, min_dim_size_to_factor, name)
 
     def init_leaf(path, p):
         f = leaf_factoring(path, p)
         one = jnp.zeros((1,), jnp.float32)
         if f.dims is None:
             return AdafactorLeafState(one, one, jnp.zeros(p.shape, jnp.float32))
-        row, col = f.dims
-        row_shape = tuple(1 if i == col else n for i, n in enumerate(p.shape))
-        col_shape = tuple(1 if i == row else n for i, n in enumerate(p.shape))
+        rows, cols = f.dims
         return AdafactorLeafState(
-            jnp.zeros(row_shape, jnp.float32), jnp.zeros(col_shape, jnp.float32), one
+            jnp.zeros(np.delete(p.shape, cols), jnp.float32),
+            jnp.zeros(np.delete(p.shape, rows), jnp.float32),
+            one,
         )
 
     def init_fn(params):
         leaves = jax.tree_util.tree_map_with_path(init_leaf, params)
         return AdafactorState(count=jnp.zeros([], jnp.int32), leaves=leaves)
-
-    def reduce_dims(p, f: _Factoring) -> tuple[int, ...]:
-        return tuple(i for i in range(p.ndim) if i not in f.batch_dims)
 
     def update_leaf(path, g, s: AdafactorLeafState, p, beta2):
         f = leaf_factoring(path, p)
@@ -231,14 +280,16 @@ def scale_by_adafactor(
             u = g * jax.lax.rsqrt(v)
             new = AdafactorLeafState(s.v_row, s.v_col, v)
         else:
-            row, col = f.dims
-            v_row = beta2 * s.v_row + (1 - beta2) * jnp.mean(g2, axis=col, keepdims=True)
-            v_col = beta2 * s.v_col + (1 - beta2) * jnp.mean(g2, axis=row, keepdims=True)
-            # v ~ v_row * v_col / mean(v_row over the row dim)
-            row_factor = jax.lax.rsqrt(v_row / jnp.mean(v_row, axis=row, keepdims=True))
-            u = g * row_factor * jax.lax.rsqrt(v_col)
+            rows, cols = f.dims
+            v_row = beta2 * s.v_row + (1 - beta2) * jnp.mean(g2, axis=cols)
+            v_col = beta2 * s.v_col + (1 - beta2) * jnp.mean(g2, axis=rows)
+            # v ~ v_row * v_col / mean(v_row over the row dims)
+            rows_in_v_row = tuple(d - sum(c < d for c in cols) for d in rows)
+            row_mean = jnp.mean(v_row, axis=rows_in_v_row, keepdims=True)
+            row_factor = jnp.expand_dims(jax.lax.rsqrt(v_row / row_mean), cols)
+            u = g * row_factor * jnp.expand_dims(jax.lax.rsqrt(v_col), rows)
             new = AdafactorLeafState(v_row, v_col, s.v)
-        dims = reduce_dims(p, f)
+        dims = f.averaging_dims
         if clipping_threshold is not None:
             rms = jnp.sqrt(jnp.mean(jnp.square(u), axis=dims, keepdims=True))
             u = u / jnp.maximum(1.0, rms / clipping_threshold)
@@ -267,6 +318,15 @@ def scale_by_adafactor(
         return new_updates, AdafactorState(count=state.count + 1, leaves=new_leaves)
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def decay_weights(rate: float) -> optax.GradientTransformation:
+    """t5x Adafactor's ``weight_decay_rate``: new param = (1 - rate) * param - lr * update.
+
+    Chained after the learning rate, it adds ``-rate * param`` (not scaled by the
+    learning rate, unlike optax.adamw's decoupled weight decay).
+    """
+    return optax.add_decayed_weights(-rate)
 
 
 # --- freezing -----------------------------------------------------------------
@@ -327,6 +387,8 @@ def make_optimizer(
             ),
             optax.scale_by_learning_rate(schedule),
         )
+        if config.weight_decay > 0:
+            inner = optax.chain(inner, decay_weights(config.weight_decay))
     else:
         inner = optax.adamw(
             schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay

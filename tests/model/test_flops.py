@@ -40,18 +40,19 @@ def test_switch_base_8_hand_count():
 
 def test_st_moe_32b_hand_count():
     # v = 32128, d = 5120, 64 heads x 128 = 8192, f = 20480, gated GELU (wi_0, wi_1, wo),
-    # untied head; 24 + 24 layers, layers 1, 5, 9, 13, 17, 21 sparse: 64 experts, top-2.
+    # untied head; 24 + 24 layers, layers 3, 7, 11, 15, 19, 23 sparse: 64 experts, top-2,
+    # and an extra dense MLP beside each sparse one (flaxformer st_moe_32b.gin).
     embedding = 32128 * 5120  # 164,495,360 (and the same again for the LM head)
     attention = 4 * 5120 * 8192  # 167,772,160
     mlp = 3 * 5120 * 20480  # 314,572,800
-    sparse = 64 * mlp + 5120 * 64
+    sparse = 64 * mlp + 5120 * 64 + mlp  # experts, router, the extra dense MLP
     relpos = 32 * 64
     encoder = 24 * attention + 24 * 2 * 5120 + 18 * mlp + 6 * sparse + relpos + 5120
     decoder = 48 * attention + 24 * 3 * 5120 + 18 * mlp + 6 * sparse + relpos + 5120
     total = 2 * embedding + encoder + decoder
-    assert total == 265_329_678_336
+    assert total == 269_104_551_936  # ST-MoE-32B's "269B" (Zoph et al. 2022)
     active = total - 12 * 62 * mlp  # top-2 of 64 experts in 12 sparse layers
-    assert active == 31_287_515_136  # the "32B" of the name: ~32B params per token
+    assert active == 35_062_388_736
     cost = model_cost(get_config("st_moe_32b"))
     assert (cost.total_params, cost.active_params) == (total, active)
     assert tree_param_count(get_config("st_moe_32b")) == total

@@ -55,7 +55,8 @@ def _apply(config, params, enc, tgt, dec_in):
 
 def _ours(config, params, enc, tgt, dec_in):
     logits, state = _apply(config, params, enc, tgt, dec_in)
-    return np.asarray(logits), collect_router_losses(state["moe_losses"])
+    combination = config.moe.router_loss_combination
+    return np.asarray(logits), collect_router_losses(state["moe_losses"], combination=combination)
 
 
 def _hf(hf, enc, dec_in):

@@ -47,7 +47,9 @@ def test_paper_settings():
         20480,
         24,
     )
-    assert [i for i in range(24) if st.moe.is_sparse(i, decoder=True)] == [1, 5, 9, 13, 17, 21]
+    # flaxformer's MIXED layout: every 4th layer is sparse, the last of each block of 4.
+    assert [i for i in range(24) if st.moe.is_sparse(i, decoder=True)] == [3, 7, 11, 15, 19, 23]
+    assert st.moe.extra_dense_mlp
     assert (st.moe.num_experts, st.moe.num_selected_experts, st.moe.router_z_loss_coef) == (
         64,
         2,
