@@ -7,8 +7,9 @@ arrays (one per expert, each sorted); ``labels_to_groups`` converts a label vect
   shuffled (llama-moe ``expert_split.py``, ``random.shuffle``; here a seeded numpy
   generator).
 * ``clustering_labels``: Independent-Clustering: balanced k-means (equal sizes d_ff/N) on
-  the L2-normalised rows of a [d_ff, H] kernel: ``KMeansConstrained(n_clusters=N,
-  size_min=size_max=d_ff/N, max_iter=500, random_state=seed)`` as llama-moe does.
+  the L2-normalised rows of a [d_ff, H] kernel, as llama-moe's ``KMeansConstrained(
+  n_clusters=N, size_min=size_max=d_ff/N, max_iter=500)``; the equal-size assignment
+  step is solved exactly by scipy's ``linear_sum_assignment``.
 * ``sharing_inner``: expert e = the top-m neurons by its importance scores v_e.
 * ``sharing_inter``: a residual block of the neurons most experts' top lists share, then
   a greedy disjoint assignment of the rest (``greedy_assignment``).
@@ -44,24 +45,63 @@ def random_labels(d_ff: int, num_experts: int, *, seed: int) -> np.ndarray:
 
 
 def clustering_labels(
-    kernel_rows: np.ndarray, num_experts: int, *, seed: int, max_iter: int = 500
+    kernel_rows: np.ndarray,
+    num_experts: int,
+    *,
+    seed: int,
+    max_iter: int = 500,
+    n_init: int = 10,
 ) -> np.ndarray:
-    """Independent-Clustering: balanced k-means on L2-normalised rows [d_ff, H]."""
-    from k_means_constrained import KMeansConstrained
+    """Independent-Clustering: balanced k-means on L2-normalised rows [d_ff, H].
 
+    Constrained k-means (Bradley, Bennett & Demiriz 2000; what llama-moe's
+    ``KMeansConstrained(size_min=size_max=d_ff/N)`` solves with a min-cost flow): with
+    equal sizes the assignment step is a linear assignment of the d_ff rows to N x size
+    slots, solved exactly by ``scipy.optimize.linear_sum_assignment``. ``n_init`` seeded
+    starts (k-means++ centres); the lowest inertia wins. (The k-means-constrained package
+    is not used: its OR-Tools dependency pins protobuf < 6.34, which cannot load
+    sentencepiece 0.2.3's generated model proto.)
+    """
     rows = np.asarray(kernel_rows, np.float64)
     size = _check_divisible(rows.shape[0], num_experts)
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     normalised = rows / np.where(norms == 0, 1.0, norms)
-    kmeans = KMeansConstrained(
-        n_clusters=num_experts,
-        size_min=size,
-        size_max=size,
-        max_iter=max_iter,
-        random_state=seed,
-        n_jobs=1,
-    )
-    return np.asarray(kmeans.fit_predict(normalised), np.int64)
+    rng = np.random.default_rng(seed)
+    best, best_inertia = None, np.inf
+    for _ in range(n_init):
+        labels, inertia = _balanced_kmeans(normalised, num_experts, size, rng, max_iter)
+        if inertia < best_inertia - 1e-12:
+            best, best_inertia = labels, inertia
+    return best
+
+
+def _kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    centres = [x[rng.integers(len(x))]]
+    for _ in range(1, k):
+        d2 = ((x[:, None, :] - np.asarray(centres)[None]) ** 2).sum(-1).min(axis=1)
+        p = d2 / d2.sum() if d2.sum() > 0 else np.full(len(x), 1.0 / len(x))
+        centres.append(x[rng.choice(len(x), p=p)])
+    return np.asarray(centres)
+
+
+def _balanced_kmeans(
+    x: np.ndarray, k: int, size: int, rng: np.random.Generator, max_iter: int
+) -> tuple[np.ndarray, float]:
+    """(labels, inertia) of one constrained k-means run with clusters of exactly ``size``."""
+    from scipy.optimize import linear_sum_assignment
+
+    centres, labels = _kmeans_plus_plus(x, k, rng), None
+    for _ in range(max_iter):
+        cost = ((x[:, None, :] - centres[None]) ** 2).sum(-1)  # [n, k]
+        rows, slots = linear_sum_assignment(np.repeat(cost, size, axis=1))  # k*size slots
+        new = np.empty(len(x), np.int64)
+        new[rows] = slots // size
+        if labels is not None and np.array_equal(new, labels):
+            break
+        labels = new
+        centres = np.stack([x[labels == c].mean(axis=0) for c in range(k)])
+    inertia = float(((x - centres[labels]) ** 2).sum())
+    return labels, inertia
 
 
 def _check_scores(scores: np.ndarray, num_experts: int) -> np.ndarray:

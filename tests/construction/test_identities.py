@@ -85,14 +85,18 @@ def test_upcycled_top2_renormalised_dropless_is_the_dense_model(
     np.testing.assert_allclose(logits(config, params, tokens), dense_logits, atol=COMPOSITE)
 
 
-def test_upcycled_identity_holds_with_capacity_when_cf_at_least_e_over_k(
-    dense_params, tokens, dense_logits
+@pytest.mark.parametrize("formula", ["times_k", "flaxformer"])
+def test_upcycled_identity_holds_with_capacity_when_nothing_overflows(
+    formula, dense_params, tokens, dense_logits
 ):
-    """The capacity trap: a zero router sends every token to experts 0..k-1. With
-    cf >= E/k nothing overflows and the identity holds; with cf = 1 tokens are dropped
-    (their MoE output is 0) and it breaks."""
-    base = MoeConfig(renormalize_top_k=True, dispatch="einsum", min_expert_capacity=0)
+    """The capacity trap: a zero router sends every token to experts 0..k-1, so each of
+    them needs T slots per group of T tokens. Capacity is round(cf * k * T / E) with
+    ``capacity_formula="times_k"`` (so cf >= E/k suffices) and round(cf * T / E) with
+    flaxformer's (cf >= E). Below that, tokens are dropped (their MoE output is 0) and the
+    identity breaks."""
     e, k = 4, 2
+    base = MoeConfig(renormalize_top_k=True, dispatch="einsum", min_expert_capacity=0,
+                     capacity_formula=formula)  # fmt: skip
 
     def run(cf):
         moe = base.replace(capacity_factor_eval=cf)
@@ -101,7 +105,8 @@ def test_upcycled_identity_holds_with_capacity_when_cf_at_least_e_over_k(
         params, config, _ = construct(dense_params, DENSE, recipe)
         return np.asarray(logits(config, params, tokens))
 
-    np.testing.assert_allclose(run(e / k), dense_logits, atol=COMPOSITE)
+    enough = e / k if formula == "times_k" else float(e)
+    np.testing.assert_allclose(run(enough), dense_logits, atol=COMPOSITE)
     assert np.max(np.abs(run(1.0) - dense_logits)) > 1e-2
 
 

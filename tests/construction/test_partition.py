@@ -35,6 +35,22 @@ def test_balanced_clustering_exact_sizes_and_reproducible():
         assert sims.min() > 0.5  # each cluster holds rows of one centre
 
 
+def test_balanced_clustering_reaches_the_brute_force_optimum():
+    import itertools
+
+    rows = np.random.default_rng(5).normal(size=(8, 3))
+    x = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+    def inertia(group):
+        other = np.setdiff1d(np.arange(8), group)
+        return sum(((x[g] - x[g].mean(0)) ** 2).sum() for g in (np.asarray(group), other))
+
+    optimum = min(inertia(c) for c in itertools.combinations(range(8), 4))
+    labels = partition.clustering_labels(rows, 2, seed=0)
+    assert np.bincount(labels).tolist() == [4, 4]
+    assert inertia(np.flatnonzero(labels == 0)) == pytest.approx(optimum, abs=1e-9)
+
+
 def test_sharing_inner_takes_each_experts_top_neurons_and_may_overlap():
     scores = np.array([[5.0, 4, 3, 2, 1, 0], [0.0, 4, 5, 1, 2, 3]])
     groups = partition.sharing_inner(scores, 3)

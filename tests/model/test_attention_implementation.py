@@ -32,7 +32,7 @@ def test_dot_product_attention_equals_einsum_attention():
 def test_fused_attention_refuses_dropout():
     config = CONFIG.replace(attention_implementation="dot_product", dropout_rate=0.1)
     x = np.ones((1, 3, config.d_model), np.float32)
-    with pytest.raises(ValueError, match="no attention dropout"):
+    with pytest.raises(ValueError, match="cannot apply attention dropout"):
         MultiHeadAttention(config).init(
             {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)},
             x, x, mask=None, bias=None, enable_dropout=True,
