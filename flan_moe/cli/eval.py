@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     how.add_argument("--max_option_length", type=int, default=64, help="score: option tokens")
     how.add_argument("--batch_size", type=int, default=16)
+    how.add_argument("--proxy", default=None, help="base=DIR,expert=DIR,antiexpert=DIR: "
+                     "proxy-tuned decoding and ranking (flan_moe.cli.proxy_eval)")  # fmt: skip
+    how.add_argument("--proxy_alpha", type=float, default=1.0, help="proxy: expert weight")
     run = p.add_argument_group("run")
     run.add_argument("--output_dir", default=None, help="default: the MODEL_DIR")
     run.add_argument("--force", action="store_true", help="re-evaluate existing entries")
@@ -143,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def find_targets(args: argparse.Namespace) -> tuple[list[Target], Path]:
     """(checkpoints or the baseline to evaluate, the output directory)."""
+    if args.proxy:
+        from flan_moe.cli.proxy_eval import proxy_target
+
+        return proxy_target(args, Target)
     if args.baseline:
         out = args.output_dir or args.checkpoint_dir
         if not out:
@@ -314,6 +321,10 @@ def load_model(args: argparse.Namespace, target: Target) -> tuple[Any, dict[str,
     from flan_moe.data.vocabularies import get_vocabulary
     from flan_moe.evaluation.evaluator import ModelPredictor
 
+    if args.proxy:
+        from flan_moe.cli.proxy_eval import load_proxy
+
+        return load_proxy(args, _mesh(args), decode_config(args, max_decode_len=1))
     params, config, vocab_spec, lengths = _read_model(args, target)
     max_in = args.max_input_length or lengths.get("inputs") or (512 if args.hf_model_dir else None)
     if not max_in:

@@ -153,3 +153,45 @@ def proxy_option_log_likelihoods(
     log_probs = combine(logits, proxy.alpha, proxy.width)
     token_ll = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
     return jnp.where(targets > 0, token_ll, 0.0).sum(-1).reshape(b, o)
+
+
+def _jit_generate(proxy: ProxyModels, config: decoding.DecodeConfig, eos_id: int):
+    @jax.jit
+    def fn(params, encoder_input_tokens, rng):
+        return proxy_generate(
+            proxy, params, encoder_input_tokens, config=config, eos_id=eos_id, rng=rng
+        )
+
+    return fn
+
+
+def make_predictor(configs, params, vocab, *, alpha: float, **kwargs):
+    """An evaluator predictor (``ModelPredictor``'s interface: predict, score_options)
+    that decodes and ranks with the proxy-tuned distribution. ``configs`` and ``params``
+    are (base, expert, antiexpert); ``kwargs`` as ``ModelPredictor`` (each model's params are
+    placed by its own logical shardings when a mesh is given)."""
+    from flan_moe.evaluation.evaluator import ModelPredictor
+    from flan_moe.model.transformer import EncoderDecoder
+
+    proxy = ProxyModels(tuple(EncoderDecoder(c) for c in configs), alpha)
+
+    class ProxyPredictor(ModelPredictor):
+        name = "proxy"
+
+        def set_decode(self, decode, stop_sequences=None):
+            if decode not in self._generators:
+                self._generators[decode] = _jit_generate(proxy, decode, self.vocab.eos_id)
+            self.decode, self._generate = decode, self._generators[decode]
+            if stop_sequences is not None:
+                self.stop_sequences = tuple(stop_sequences)
+
+    predictor = ProxyPredictor(configs[0], params[0], vocab, **kwargs)
+    placed = []
+    for model, p in zip(proxy.models, params, strict=True):
+        predictor.model = model  # _place_params shards by self.model's logical axes
+        placed.append(predictor._place_params(p))
+    predictor.model, predictor.params = proxy.models[0], tuple(placed)
+    predictor._score = jax.jit(
+        lambda ps, enc, opts: proxy_option_log_likelihoods(proxy, ps, enc, opts)
+    )
+    return predictor
