@@ -3,9 +3,11 @@
     python -m flan_moe.cli.merge --method=ties --base=BASE_DIR \
         --models=RUN_A,RUN_B --weights=1,1 --density=0.5 --lam=1.0 --output=OUT_DIR
 
-Methods (``flan_moe.merging.soups``): ``uniform`` (soup; the final step of Model
-Ratatouille), ``linear`` (``--weights``), ``warm`` (uniform average of fine-tunes of
-``--base``), ``task_arithmetic`` (``--base``, ``--lam``), ``ties`` (``--density``),
+Methods (``flan_moe.merging.soups``): ``lawa`` (the uniform average of the last ``--k``
+checkpoints of the one MODEL_DIR in ``--models``, Kaddour 2022), ``uniform`` (soup;
+the final step of Model Ratatouille), ``linear`` (``--weights``), ``warm`` (uniform
+average of fine-tunes of ``--base``), ``task_arithmetic`` (``--base``, ``--lam``),
+``ties`` (``--density``),
 ``dare_linear`` / ``dare_ties`` (``--density``, ``--seed``, ``--rescale=inverse_density|l1``).
 Each path is a MODEL_DIR (its latest checkpoint) or a ``checkpoint_<step>`` directory.
 ``--align_experts`` first permutes every model's experts (and router columns) to match
@@ -26,7 +28,16 @@ import sys
 from collections.abc import Sequence
 
 log = logging.getLogger("flan_moe.merge")
-METHODS = ("uniform", "linear", "warm", "task_arithmetic", "ties", "dare_linear", "dare_ties")
+METHODS = (
+    "lawa",
+    "uniform",
+    "linear",
+    "warm",
+    "task_arithmetic",
+    "ties",
+    "dare_linear",
+    "dare_ties",
+)
 NEEDS_BASE = ("warm", "task_arithmetic", "ties", "dare_linear", "dare_ties")
 
 
@@ -42,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         "--rescale", choices=("inverse_density", "l1", "none"), default="inverse_density"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k", type=int, default=5, help="lawa: average the last k checkpoints")
     p.add_argument("--align_experts", action="store_true")
     p.add_argument("--output", required=True)
     return p
@@ -67,9 +79,15 @@ def _load_all(paths: list[str]):
 
 
 def merge(args: argparse.Namespace):
-    from flan_moe.merging import alignment, soups
+    from flan_moe.merging import alignment, averaging, soups
 
     paths = [p for p in args.models.split(",") if p]
+    if args.method == "lawa":
+        if len(paths) != 1:
+            raise SystemExit(
+                "--method=lawa takes one MODEL_DIR in --models (its last --k checkpoints)"
+            )
+        paths = [p for _, p in averaging.lawa_checkpoints(paths[0], args.k)]
     if args.method in NEEDS_BASE and not args.base:
         raise SystemExit(f"--method={args.method} needs --base=<the models' shared init>")
     all_paths = paths + ([args.base] if args.base else [])
@@ -79,7 +97,7 @@ def merge(args: argparse.Namespace):
         models = [models[0]] + [alignment.align_experts(models[0], m)[0] for m in models[1:]]
     w = [float(x) for x in args.weights.split(",")] if args.weights else None
     m = args.method
-    if m == "uniform":
+    if m in ("uniform", "lawa"):
         merged = soups.uniform(models)
     elif m == "linear":
         merged = soups.linear(models, w)
@@ -110,6 +128,7 @@ def merge(args: argparse.Namespace):
         "rescale": args.rescale,
         "seed": args.seed,
         "align_experts": args.align_experts,
+        "k": args.k if m == "lawa" else None,
     }
     return merged, config, meta, recipe
 

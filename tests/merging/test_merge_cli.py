@@ -61,3 +61,30 @@ def test_merge_cli_needs_base_for_task_vectors(runs, tmp_path):
     paths, _ = runs
     with pytest.raises(SystemExit, match="needs --base"):
         merge_cli.main(["--method=ties", f"--models={paths['a']}", f"--output={tmp_path}/x"])
+
+
+def test_merge_cli_lawa_averages_the_last_k_checkpoints(tmp_path):
+    import jax.numpy as jnp
+
+    from flan_moe.training.checkpoints import Checkpointer
+    from flan_moe.training.train_state import TrainState
+
+    cfg = get_config("tiny", dtype="float32")
+    model = EncoderDecoder(cfg)
+    run = tmp_path / "run"
+    saver = Checkpointer(str(run), keep=None)
+    trees = {}
+    for step in (1, 2, 3):
+        trees[step] = random_params(model, step)
+        state = TrainState(step=jnp.asarray(step, jnp.int32), params=trees[step],
+                           opt_state={"count": jnp.zeros((), jnp.int32)},
+                           rng=jnp.zeros((2,), jnp.uint32))  # fmt: skip
+        saver.save(state, data_position=step, metadata={**META, "model_config": cfg.to_dict()})
+        saver.wait()
+    saver.close()
+    merge_cli.main(["--method=lawa", f"--models={run}", "--k=2", f"--output={tmp_path / 'lawa'}"])
+    lawa, _, meta = load_params(str(tmp_path / "lawa"))
+    assert meta["merge"]["k"] == 2 and len(meta["merge"]["models"]) == 2
+    assert_tree_close(lawa, jax.tree_util.tree_map(lambda a, b: (a + b) / 2, trees[2], trees[3]))
+    with pytest.raises(ValueError, match="last 4 checkpoints"):
+        merge_cli.main(["--method=lawa", f"--models={run}", "--k=4", f"--output={tmp_path / 'x'}"])
