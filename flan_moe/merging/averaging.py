@@ -17,10 +17,11 @@ Pure functions; integer leaves are copied, float leaves averaged in float32.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 Params = Any
 
@@ -75,3 +76,107 @@ def lawa_checkpoints(model_dir: str, k: int) -> list[tuple[int, str]]:
             "checkpoints (TrainConfig keep / save interval) or lower k"
         )
     return found[-k:]
+
+
+# --- EMA / SWA kept in the optimizer state (so checkpoints and resume carry them) ---------
+
+
+class AveragesState(NamedTuple):
+    """The wrapped optimizer's state plus the averages of the params after each update."""
+
+    inner: Any
+    count: jax.Array  # optimizer updates done
+    ema: Any  # params-shaped (an empty dict when EMA is off)
+    swa: Any  # params-shaped (an empty dict when SWA is off)
+    swa_count: jax.Array  # models in the SWA mean
+
+
+def with_averages(
+    inner: optax.GradientTransformation,
+    *,
+    ema_decay: float | None = None,
+    ema_every: int = 1,
+    ema_warmup_after: int | None = None,
+    swa_start: int | None = None,
+    swa_every: int = 1,
+) -> optax.GradientTransformation:
+    """``inner`` plus an EMA and/or SWA of the params it produces, in its state.
+
+    After update number n (params_n = params + updates): the EMA is updated when
+    n % ema_every == 0 with decay ``ema_decay`` (or, with ``ema_warmup_after``, the
+    warm-up decay `ema_decay` capped at ``ema_decay``); SWA adds params_n to its uniform
+    mean when n >= swa_start and (n - swa_start) % swa_every == 0. Both start from the
+    initial params. A leaf's path in the state is ``ema/<param path>`` / ``swa/<param path>``.
+    """
+
+    def init(params):
+        copy = lambda on: jax.tree_util.tree_map(jnp.asarray, params) if on else {}
+        return AveragesState(
+            inner=inner.init(params),
+            count=jnp.zeros([], jnp.int32),
+            ema=copy(ema_decay is not None),
+            swa=copy(swa_start is not None),
+            swa_count=jnp.zeros([], jnp.int32),
+        )
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("with_averages needs params in optimizer.update(grads, state, params)")
+        updates, inner_state = inner.update(updates, state.inner, params)
+        n = state.count + 1
+        new = jax.tree_util.tree_map(lambda p, u: (p + u).astype(p.dtype), params, updates)
+        ema, swa, swa_count = state.ema, state.swa, state.swa_count
+        if ema_decay is not None:
+            decay = jnp.asarray(ema_decay, jnp.float32)
+            if ema_warmup_after is not None:
+                t = (n - ema_warmup_after).astype(jnp.float32)
+                warm = 1.0 - (1.0 + t) ** (-2.0 / 3.0)
+                decay = jnp.where(t <= 0, 0.0, jnp.minimum(warm, decay))
+            fresh = ema_update(ema, new, decay)
+            ema = jax.tree_util.tree_map(
+                lambda f, o: jnp.where(n % ema_every == 0, f, o), fresh, ema
+            )
+        if swa_start is not None:
+            take = (n >= swa_start) & ((n - swa_start) % swa_every == 0)
+            fresh = _floats(lambda a, p: a + (p - a) / (swa_count + 1), swa, new)
+            swa = jax.tree_util.tree_map(lambda f, o: jnp.where(take, f, o), fresh, swa)
+            swa_count = swa_count + take.astype(jnp.int32)
+        return updates, AveragesState(inner_state, n, ema, swa, swa_count)
+
+    return optax.GradientTransformation(init, update)
+
+
+def load_weights(path: str, which: str) -> tuple[Params, Any, dict[str, Any]]:
+    """(params, model config, metadata) of a checkpoint, with ``which`` = "raw" (the
+    trained params), "ema" or "swa" (the averages `with_averages` kept in its state)."""
+    import os
+
+    import orbax.checkpoint as ocp
+
+    from flan_moe.training import checkpoints
+
+    params, config, metadata = checkpoints.load_params(path)
+    if which == "raw":
+        return params, config, metadata
+    if which not in ("ema", "swa"):
+        raise ValueError(f"--weights={which!r}: use raw, ema or swa (lawa: flan_moe.cli.merge)")
+    directory, step = checkpoints.resolve_checkpoint(path)
+    item = os.path.join(directory, f"{checkpoints.STEP_PREFIX}_{step}", "opt_state")
+    saved = ocp.StandardCheckpointer().restore(item)
+    flat = {k[len(which) + 1 :]: v for k, v in saved.items() if k.startswith(f"{which}/")}
+    if not flat:
+        raise ValueError(
+            f"{directory} step {step} holds no {which} weights: train with "
+            f"OptimizerConfig.{'ema_decay' if which == 'ema' else 'swa_start'} set"
+        )
+    leaves = []
+    for p, leaf in jax.tree_util.tree_leaves_with_path(params):
+        name = checkpoints.path_str(p)
+        if name not in flat:
+            raise ValueError(f"{which} weights lack {name} (step {step} of {directory})")
+        leaves.append(jnp.asarray(flat[name], leaf.dtype))
+    return (
+        jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), leaves),
+        config,
+        metadata,
+    )
