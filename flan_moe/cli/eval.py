@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--proxy", default=None, help="base=DIR,expert=DIR,antiexpert=DIR: "
                      "proxy-tuned decoding and ranking (flan_moe.cli.proxy_eval)")  # fmt: skip
     how.add_argument("--proxy_alpha", type=float, default=1.0, help="proxy: expert weight")
+    how.add_argument("--weights", default="raw", choices=("raw", "ema", "swa"),
+                     help="trained params, or the EMA/SWA kept in the optimizer state")  # fmt: skip
     run = p.add_argument_group("run")
     run.add_argument("--output_dir", default=None, help="default: the MODEL_DIR")
     run.add_argument("--force", action="store_true", help="re-evaluate existing entries")
@@ -194,7 +196,8 @@ def find_targets(args: argparse.Namespace) -> tuple[list[Target], Path]:
         found = [(s, p) for s, p in found if s in wanted]
     if args.latest_only:
         found = found[-1:]
-    targets = [Target(f"{prefix}{step}", p, step) for step, p in found]
+    suffix = "" if args.weights == "raw" else f"_{args.weights}"  # its own results entries
+    targets = [Target(f"{prefix}{step}{suffix}", p, step) for step, p in found]
     return targets, Path(args.output_dir or model_dir)
 
 
@@ -284,7 +287,12 @@ def _read_model(args: argparse.Namespace, target: Target) -> tuple[Any, Any, str
         return _read_hf_folder(target.path)
     from flan_moe.training import checkpoints
 
-    params, config, meta = checkpoints.load_params(target.path)
+    if args.weights != "raw":
+        from flan_moe.merging.averaging import load_weights
+
+        params, config, meta = load_weights(target.path, args.weights)
+    else:
+        params, config, meta = checkpoints.load_params(target.path)
     return (
         params,
         config,
