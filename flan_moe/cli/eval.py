@@ -131,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--proxy", default=None, help="base=DIR,expert=DIR,antiexpert=DIR: "
                      "proxy-tuned decoding and ranking (flan_moe.cli.proxy_eval)")  # fmt: skip
     how.add_argument("--proxy_alpha", type=float, default=1.0, help="proxy: expert weight")
-    how.add_argument("--weights", default="raw", choices=("raw", "ema", "swa"),
-                     help="trained params, or the EMA/SWA kept in the optimizer state")  # fmt: skip
+    how.add_argument("--weights", default="raw", help="raw (trained params), ema / swa (kept in "
+                     "optimizer state) or lawa_<k> (mean of the last k checkpoints)")  # fmt: skip
     run = p.add_argument_group("run")
     run.add_argument("--output_dir", default=None, help="default: the MODEL_DIR")
     run.add_argument("--force", action="store_true", help="re-evaluate existing entries")

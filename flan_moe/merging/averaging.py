@@ -148,7 +148,8 @@ def with_averages(
 
 def load_weights(path: str, which: str) -> tuple[Params, Any, dict[str, Any]]:
     """(params, model config, metadata) of a checkpoint, with ``which`` = "raw" (the
-    trained params), "ema" or "swa" (the averages `with_averages` kept in its state)."""
+    trained params), "ema" or "swa" (the averages `with_averages` kept in its state) or
+    "lawa_<k>" (the uniform average of the k checkpoints ending at this one)."""
     import os
 
     import orbax.checkpoint as ocp
@@ -158,9 +159,11 @@ def load_weights(path: str, which: str) -> tuple[Params, Any, dict[str, Any]]:
     params, config, metadata = checkpoints.load_params(path)
     if which == "raw":
         return params, config, metadata
-    if which not in ("ema", "swa"):
-        raise ValueError(f"--weights={which!r}: use raw, ema or swa (lawa: flan_moe.cli.merge)")
     directory, step = checkpoints.resolve_checkpoint(path)
+    if which.startswith("lawa_") and which[5:].isdigit():
+        return _lawa_at(directory, step, int(which[5:])), config, metadata
+    if which not in ("ema", "swa"):
+        raise ValueError(f"--weights={which!r}: use raw, ema, swa or lawa_<k> (e.g. lawa_5)")
     item = os.path.join(directory, f"{checkpoints.STEP_PREFIX}_{step}", "opt_state")
     saved = ocp.StandardCheckpointer().restore(item)
     flat = {k[len(which) + 1 :]: v for k, v in saved.items() if k.startswith(f"{which}/")}
@@ -180,3 +183,17 @@ def load_weights(path: str, which: str) -> tuple[Params, Any, dict[str, Any]]:
         config,
         metadata,
     )
+
+
+def _lawa_at(directory: str, step: int, k: int) -> Params:
+    """The uniform average of the k latest checkpoints of ``directory`` up to ``step``."""
+    from flan_moe.merging.soups import uniform
+    from flan_moe.training import checkpoints
+
+    found = [(s, p) for s, p in checkpoints.list_checkpoints(directory) if s <= step]
+    if k < 1 or len(found) < k:
+        raise ValueError(
+            f"lawa_{k} at step {step} of {directory} needs {k} checkpoints up to it, found "
+            f"{[s for s, _ in found]}: keep more checkpoints or lower k"
+        )
+    return uniform([checkpoints.load_params(p)[0] for _, p in found[-k:]])

@@ -69,3 +69,19 @@ def test_resume_reproduces_averages_bit_exactly_and_eval_loads_them(trainer, tmp
     assert not np.array_equal(
         raw["decoder"]["layers_0"]["mlp"]["wo"], swa["decoder"]["layers_0"]["mlp"]["wo"]
     )
+
+
+def test_lawa_weights_average_the_checkpoints_up_to_this_one(trainer, tmp_path):
+    from flan_moe.merging import soups
+    from flan_moe.training.checkpoints import load_params
+
+    _run(trainer, tmp_path / "run", 6)  # checkpoints 2, 4, 6
+    got, _, _ = averaging.load_weights(str(tmp_path / "run" / "checkpoint_4"), "lawa_2")
+    want = soups.uniform(
+        [load_params(str(tmp_path / "run" / f"checkpoint_{s}"))[0] for s in (2, 4)]
+    )
+    jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
+    with pytest.raises(ValueError, match="needs 3 checkpoints"):
+        averaging.load_weights(str(tmp_path / "run" / "checkpoint_4"), "lawa_3")
+    with pytest.raises(ValueError, match="lawa_<k>"):
+        averaging.load_weights(str(tmp_path / "run"), "best")
