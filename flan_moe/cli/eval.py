@@ -128,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     how.add_argument("--max_option_length", type=int, default=64, help="score: option tokens")
     how.add_argument("--batch_size", type=int, default=16)
+    how.add_argument("--proxy", default=None, help="base=DIR,expert=DIR,antiexpert=DIR: "
+                     "proxy-tuned decoding and ranking (flan_moe.cli.proxy_eval)")  # fmt: skip
+    how.add_argument("--proxy_alpha", type=float, default=1.0, help="proxy: expert weight")
+    how.add_argument("--weights", default="raw", help="raw (trained params), ema / swa (kept in "
+                     "optimizer state) or lawa_<k> (mean of the last k checkpoints)")  # fmt: skip
     run = p.add_argument_group("run")
     run.add_argument("--output_dir", default=None, help="default: the MODEL_DIR")
     run.add_argument("--force", action="store_true", help="re-evaluate existing entries")
@@ -143,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def find_targets(args: argparse.Namespace) -> tuple[list[Target], Path]:
     """(checkpoints or the baseline to evaluate, the output directory)."""
+    if args.proxy:
+        from flan_moe.cli.proxy_eval import proxy_target
+
+        return proxy_target(args, Target)
     if args.baseline:
         out = args.output_dir or args.checkpoint_dir
         if not out:
@@ -187,7 +196,8 @@ def find_targets(args: argparse.Namespace) -> tuple[list[Target], Path]:
         found = [(s, p) for s, p in found if s in wanted]
     if args.latest_only:
         found = found[-1:]
-    targets = [Target(f"{prefix}{step}", p, step) for step, p in found]
+    suffix = "" if args.weights == "raw" else f"_{args.weights}"  # its own results entries
+    targets = [Target(f"{prefix}{step}{suffix}", p, step) for step, p in found]
     return targets, Path(args.output_dir or model_dir)
 
 
@@ -277,7 +287,12 @@ def _read_model(args: argparse.Namespace, target: Target) -> tuple[Any, Any, str
         return _read_hf_folder(target.path)
     from flan_moe.training import checkpoints
 
-    params, config, meta = checkpoints.load_params(target.path)
+    if args.weights != "raw":
+        from flan_moe.merging.averaging import load_weights
+
+        params, config, meta = load_weights(target.path, args.weights)
+    else:
+        params, config, meta = checkpoints.load_params(target.path)
     return (
         params,
         config,
@@ -314,6 +329,10 @@ def load_model(args: argparse.Namespace, target: Target) -> tuple[Any, dict[str,
     from flan_moe.data.vocabularies import get_vocabulary
     from flan_moe.evaluation.evaluator import ModelPredictor
 
+    if args.proxy:
+        from flan_moe.cli.proxy_eval import load_proxy
+
+        return load_proxy(args, _mesh(args), decode_config(args, max_decode_len=1))
     params, config, vocab_spec, lengths = _read_model(args, target)
     max_in = args.max_input_length or lengths.get("inputs") or (512 if args.hf_model_dir else None)
     if not max_in:

@@ -74,6 +74,14 @@ class OptimizerConfig:
     # Global-norm gradient clipping before the optimizer (None = off).
     max_grad_norm: float | None = None
     freeze: str = "none"
+    # Weight averages kept in the optimizer state (flan_moe.merging.averaging.with_averages):
+    # EMA with this decay every ema_every updates (warm-up after ema_warmup_after), SWA
+    # from update swa_start every swa_every. None = off.
+    ema_decay: float | None = None
+    ema_every: int = 1
+    ema_warmup_after: int | None = None
+    swa_start: int | None = None
+    swa_every: int = 1
 
     def __post_init__(self) -> None:
         if self.name not in ("adafactor", "adamw"):
@@ -397,7 +405,23 @@ def make_optimizer(
         inner = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), inner)
     mask = trainable_mask(params, config.freeze)
     if all(jax.tree_util.tree_leaves(mask)):
-        return inner, schedule, mask
+        return _averaged(config, inner), schedule, mask
     labels = jax.tree_util.tree_map(lambda t: "train" if t else "freeze", mask)
     optimizer = optax.multi_transform({"train": inner, "freeze": optax.set_to_zero()}, labels)
-    return optimizer, schedule, mask
+    return _averaged(config, optimizer), schedule, mask
+
+
+def _averaged(config: OptimizerConfig, optimizer: optax.GradientTransformation):
+    """``optimizer`` with the EMA / SWA of the config in its state (unchanged when off)."""
+    if config.ema_decay is None and config.swa_start is None:
+        return optimizer
+    from flan_moe.merging.averaging import with_averages
+
+    return with_averages(
+        optimizer,
+        ema_decay=config.ema_decay,
+        ema_every=config.ema_every,
+        ema_warmup_after=config.ema_warmup_after,
+        swa_start=config.swa_start,
+        swa_every=config.swa_every,
+    )
