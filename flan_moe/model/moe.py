@@ -249,7 +249,7 @@ class MoeBlock(nn.Module):
     def _sow_routing(self, probs: Array, routing: routing_lib.Routing, rows: tuple[int, int]) -> None:
         """Per-token router probabilities [b, l, e] and kept assignments [b, l, e] (bool),
         only when the caller made ``ROUTING_COLLECTION`` mutable (off by default)."""
-        if not self.is_mutable_collection(ROUTING_COLLECTION):
+        if self.is_initializing() or not self.is_mutable_collection(ROUTING_COLLECTION):
             return
         e = probs.shape[-1]
         kept = jnp.einsum(
