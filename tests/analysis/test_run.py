@@ -1,0 +1,111 @@
+"""Routing collection from a real (tiny, random) model, the analyze CLI and its figures."""
+
+from __future__ import annotations
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flan_moe.analysis import figures
+from flan_moe.analysis.run import AnalysisConfig, Example, analyze, tokenize
+from flan_moe.data.vocabularies import ByteVocabulary
+from flan_moe.model.config import get_config
+from flan_moe.model.moe import ROUTING_COLLECTION
+from flan_moe.model.transformer import EncoderDecoder
+
+EXAMPLES = [
+    Example("qa", "What is 2 + 2?", "4"),
+    Example("qa", "Name a colour.", "blue"),
+    Example("math", "12 * 3 =", "36, since 12 * 3 = 36 and that is a long answer"),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = get_config("gs_tiny")
+    tokens = jnp.ones((1, 4), jnp.int32)
+    variables = EncoderDecoder(config).init(jax.random.PRNGKey(0), tokens, tokens, tokens)
+    return config, variables
+
+
+def test_routing_sow_is_off_by_default(tiny):
+    config, variables = tiny
+    assert ROUTING_COLLECTION not in variables  # init never sows it
+    params = nn.unbox(variables["params"])
+    model = EncoderDecoder(config)
+    tokens = jnp.array([[5, 6, 1, 0]])
+    plain = model.apply({"params": params}, tokens, tokens, tokens)
+    with_routing, state = model.apply(
+        {"params": params}, tokens, tokens, tokens, mutable=[ROUTING_COLLECTION]
+    )
+    np.testing.assert_array_equal(plain, with_routing)
+    assert set(state[ROUTING_COLLECTION]) == {"encoder", "decoder"}
+
+
+def test_analyze_counts_every_real_token_once_and_no_padding(tiny):
+    config, variables = tiny
+    vocab = ByteVocabulary()
+    cfg = AnalysisConfig(max_input_length=12, max_target_length=8, batch_size=2, min_count=1)
+    arrays, cut = tokenize(EXAMPLES, vocab, cfg)
+    assert cut == {"inputs": 2, "targets": 1}  # counted, never silently cut
+    result = analyze(config, nn.unbox(variables["params"]), vocab, EXAMPLES, cfg)
+    assert result["examples"] == {"qa": 2, "math": 1}
+    assert result["truncated"] == cut
+    layers = result["layers"]
+    assert sorted(layers) == ["decoder/layers_1", "encoder/layers_1"]
+    for name, layer in layers.items():
+        valid = (arrays["targets"] if name.startswith("decoder") else arrays["inputs"]) > 0
+        k = config.moe.num_selected(decoder=name.startswith("decoder"))
+        assert layer["tokens"] == valid.sum()  # the padded third batch row is not counted
+        assert sum(layer["load_counts"]["all"]) == k * valid.sum()
+        assert set(layer["load"]) == {"qa", "math", "all"}
+        assert sum(layer["load"]["all"]) == pytest.approx(1.0, abs=1e-6)
+        pairs = (valid[:, :-1] & valid[:, 1:]).sum()
+        assert layer["repeat"]["pairs"] == pairs
+        assert 0 <= layer["drop_rate"] <= 1
+        assert len(layer["top_tokens"]) == config.moe.num_experts
+
+
+def test_cli_writes_analysis_and_figures(tiny, tmp_path, monkeypatch):
+    from flan_moe.cli import analyze as cli
+    from flan_moe.training import checkpoints
+
+    config, variables = tiny
+    params = nn.unbox(variables["params"])
+    meta = {"vocabulary": "byte", "task_feature_lengths": {"inputs": 16, "targets": 8}}
+    monkeypatch.setattr(checkpoints, "resolve_checkpoint", lambda path: (str(tmp_path), 7))
+    monkeypatch.setattr(checkpoints, "load_params", lambda path: (params, config, meta))
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(json.dumps(
+        {"task": ex.task, "inputs": ex.inputs, "targets": ex.targets}) for ex in EXAMPLES))
+    path = cli.run(cli.build_parser().parse_args(
+        ["--checkpoint", str(tmp_path), "--jsonl", str(data), "--batch_size", "2"]))
+    assert path == tmp_path / "routing_analysis.json"
+    result = json.loads(path.read_text())
+    assert result["step"] == 7 and result["lengths"]["inputs"] == 16
+    for png in ("expert_load_by_task.png", "consecutive_token_rates.png"):
+        assert (tmp_path / "routing_figures" / png).stat().st_size > 0
+
+
+def test_bad_jsonl_row_names_file_and_line(tmp_path):
+    from flan_moe.cli import analyze as cli
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"task": "a", "inputs": "x", "targets": "y"}\n{"task": "a"}\n')
+    with pytest.raises(SystemExit, match="rows.jsonl:2"):
+        cli._jsonl_examples(str(data))
+
+
+def test_training_curves_from_metrics_jsonl(tmp_path):
+    rows = [{"step": s, "loss": 5.0 / s, "cross_entropy": 4.0 / s, "load_balancing_loss": 2.0,
+             "router_z_loss": 0.1, "moe/fraction_dropped": 0.2, "moe/expert_usage_max": 0.3}
+            for s in range(1, 6)]  # fmt: skip
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    path = figures.training_curves(figures.read_metrics(log), tmp_path / "c.png", title="run")
+    assert path is not None and path.stat().st_size > 0
+    assert figures.training_curves([{"step": 1, "other": 1.0}], tmp_path / "n.png", title="x") is None
