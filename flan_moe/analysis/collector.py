@@ -94,7 +94,9 @@ class RoutingCollector:
         router_entropy, router_confidence (means over tokens); drop_rate; top_tokens: per
         expert {by_count, by_lift: [{token, id, count, lift}]}.
         """
-        return {name: _layer_summary(c, decode_token, top, min_count) for name, c in self.layers.items()}
+        return {
+            name: _layer_summary(c, decode_token, top, min_count) for name, c in self.layers.items()
+        }
 
 
 def _layer_summary(c: LayerCounts, decode_token, top: int, min_count: int) -> dict:

@@ -39,8 +39,11 @@ def load_heatmap(analysis: Mapping[str, Any], path: Path) -> Path:
     tasks = sorted(t for t in next(iter(layers.values()))["load"] if t != "all")
     e = max(layer["num_experts"] for layer in layers.values())
     fig, axes = plt.subplots(
-        len(names), 1, figsize=(max(5.0, 0.5 * e + 4), 0.32 * len(tasks) * len(names) + 1.6 * len(names)),
-        layout="constrained", squeeze=False,
+        len(names),
+        1,
+        figsize=(max(5.0, 0.5 * e + 4), 0.32 * len(tasks) * len(names) + 1.6 * len(names)),
+        layout="constrained",
+        squeeze=False,
     )
     for ax, name in zip(axes[:, 0], names, strict=True):
         layer = layers[name]
@@ -65,7 +68,10 @@ def repeat_rates(analysis: Mapping[str, Any], path: Path) -> Path:
     names = sorted(layers)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(names) + 3), 3.4), layout="constrained")
     xs = range(len(names))
-    for key, marker, colour in (("first_choice", "o", "tab:blue"), ("topk_overlap", "s", "tab:orange")):
+    for key, marker, colour in (
+        ("first_choice", "o", "tab:blue"),
+        ("topk_overlap", "s", "tab:orange"),
+    ):
         ys = [100 * layers[n]["repeat"][key] for n in names]
         label = "same first choice" if key == "first_choice" else "shared top-2 choice"
         ax.plot(xs, ys, marker=marker, color=colour, label=label)
@@ -112,7 +118,9 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def training_curves(rows: Sequence[Mapping[str, Any]], path: Path, *, title: str) -> Path | None:
     """One panel per group in ``TRAINING_PANELS`` that has data; None when none has."""
-    panels = [(name, [k for k in keys if any(k in r for r in rows)]) for name, keys in TRAINING_PANELS]
+    panels = [
+        (name, [k for k in keys if any(k in r for r in rows)]) for name, keys in TRAINING_PANELS
+    ]
     panels = [(name, keys) for name, keys in panels if keys]
     if not panels:
         return None

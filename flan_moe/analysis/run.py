@@ -12,6 +12,7 @@ are counted in the result's ``truncated``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,6 +71,7 @@ def tokenize(
     return arrays, cut
 
 
+@functools.lru_cache(maxsize=4)
 def _routing_fn(config: ModelConfig):
     model = EncoderDecoder(config)
 

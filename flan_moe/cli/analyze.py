@@ -28,10 +28,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m flan_moe.cli.analyze", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m flan_moe.cli.analyze",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--checkpoint", required=True, help="MODEL_DIR (latest) or checkpoint_<step>")
     p.add_argument("--suites", default="", help="held-out suites, e.g. mmlu,bbh")
     p.add_argument("--mode", default="direct", choices=("direct", "cot"))
@@ -56,14 +58,23 @@ def _suite_examples(args: argparse.Namespace, vocab_spec: str, max_in: int) -> l
 
     out = []
     for suite in [s.strip() for s in args.suites.split(",") if s.strip()]:
-        by_subtask = load_suite(suite, mode=args.mode, shots=args.shots, data_dir=args.data_dir,
-                                max_input_tokens=max_in, vocabulary=vocab_spec)
+        by_subtask = load_suite(
+            suite,
+            mode=args.mode,
+            shots=args.shots,
+            data_dir=args.data_dir,
+            max_input_tokens=max_in,
+            vocabulary=vocab_spec,
+        )
         for subtask, examples in sorted(by_subtask.items()):
             if args.examples_per_task:
                 examples = examples[: args.examples_per_task]
             for ex in examples:
-                label = {"suite": suite, "subtask": f"{suite}/{subtask}",
-                         "category": f"{suite}/{ex.category or subtask}"}[args.group_by]
+                label = {
+                    "suite": suite,
+                    "subtask": f"{suite}/{subtask}",
+                    "category": f"{suite}/{ex.category or subtask}",
+                }[args.group_by]
                 out.append(Example(label, ex.inputs, ex.target))
     return out
 
@@ -101,14 +112,24 @@ def run(args: argparse.Namespace) -> Path:
     lengths = dict(meta.get("task_feature_lengths") or {})
     max_in = args.max_input_length or int(lengths.get("inputs") or 0)
     if not max_in:
-        raise SystemExit(f"checkpoint {args.checkpoint} stores no input length; pass --max_input_length")
+        raise SystemExit(
+            f"checkpoint {args.checkpoint} stores no input length; pass --max_input_length"
+        )
     examples = _suite_examples(args, vocab_spec, max_in) + _jsonl_examples(args.jsonl)
-    cfg = AnalysisConfig(max_input_length=max_in, max_target_length=args.max_target_length,
-                         batch_size=args.batch_size, top_tokens=args.top_tokens,
-                         min_count=args.min_count)
+    cfg = AnalysisConfig(
+        max_input_length=max_in,
+        max_target_length=args.max_target_length,
+        batch_size=args.batch_size,
+        top_tokens=args.top_tokens,
+        min_count=args.min_count,
+    )
     result = analyze(config, params, get_vocabulary(vocab_spec), examples, cfg)
-    result.update(checkpoint=str(Path(directory) / f"checkpoint_{step}"), step=step,
-                  vocabulary=vocab_spec, group_by=args.group_by)
+    result.update(
+        checkpoint=str(Path(directory) / f"checkpoint_{step}"),
+        step=step,
+        vocabulary=vocab_spec,
+        group_by=args.group_by,
+    )
     out_dir = Path(args.output_dir or directory)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "routing_analysis.json"

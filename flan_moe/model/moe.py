@@ -246,14 +246,18 @@ class MoeBlock(nn.Module):
 
     # --- losses and metrics -------------------------------------------------------
 
-    def _sow_routing(self, probs: Array, routing: routing_lib.Routing, rows: tuple[int, int]) -> None:
+    def _sow_routing(
+        self, probs: Array, routing: routing_lib.Routing, rows: tuple[int, int]
+    ) -> None:
         """Per-token router probabilities [b, l, e] and kept assignments [b, l, e] (bool),
         only when the caller made ``ROUTING_COLLECTION`` mutable (off by default)."""
         if self.is_initializing() or not self.is_mutable_collection(ROUTING_COLLECTION):
             return
         e = probs.shape[-1]
         kept = jnp.einsum(
-            "gsk,gske->gse", routing.kept.astype(jnp.float32), jax.nn.one_hot(routing.expert_index, e)
+            "gsk,gske->gse",
+            routing.kept.astype(jnp.float32),
+            jax.nn.one_hot(routing.expert_index, e),
         )
         for name, value in (("router_probs", probs), ("kept", kept > 0)):
             self.sow(

@@ -26,22 +26,29 @@ EXAMPLES = [
 
 @pytest.fixture(scope="module")
 def tiny():
+    """gs_tiny (top-2, 8 experts) with random params built from shapes (no compiled init)."""
     config = get_config("gs_tiny")
-    tokens = jnp.ones((1, 4), jnp.int32)
-    variables = EncoderDecoder(config).init(jax.random.PRNGKey(0), tokens, tokens, tokens)
-    return config, variables
+    tokens = jax.ShapeDtypeStruct((1, 4), jnp.int32)
+    shapes = jax.eval_shape(
+        EncoderDecoder(config).init, jax.random.PRNGKey(0), tokens, tokens, tokens
+    )
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(
+        lambda s: (0.3 * rng.standard_normal(s.shape)).astype(s.dtype), nn.unbox(shapes["params"])
+    )
+    return config, {"params": params, "collections": set(shapes)}
 
 
 def test_routing_sow_is_off_by_default(tiny):
     config, variables = tiny
-    assert ROUTING_COLLECTION not in variables  # init never sows it
-    params = nn.unbox(variables["params"])
+    assert ROUTING_COLLECTION not in variables["collections"]  # init never sows it
+    params = variables["params"]
     model = EncoderDecoder(config)
     tokens = jnp.array([[5, 6, 1, 0]])
-    plain = model.apply({"params": params}, tokens, tokens, tokens)
-    with_routing, state = model.apply(
-        {"params": params}, tokens, tokens, tokens, mutable=[ROUTING_COLLECTION]
-    )
+    plain = jax.jit(model.apply)({"params": params}, tokens, tokens, tokens)
+    with_routing, state = jax.jit(
+        lambda v, t: model.apply(v, t, t, t, mutable=[ROUTING_COLLECTION])
+    )({"params": params}, tokens)
     np.testing.assert_array_equal(plain, with_routing)
     assert set(state[ROUTING_COLLECTION]) == {"encoder", "decoder"}
 
@@ -52,7 +59,7 @@ def test_analyze_counts_every_real_token_once_and_no_padding(tiny):
     cfg = AnalysisConfig(max_input_length=12, max_target_length=8, batch_size=2, min_count=1)
     arrays, cut = tokenize(EXAMPLES, vocab, cfg)
     assert cut == {"inputs": 2, "targets": 1}  # counted, never silently cut
-    result = analyze(config, nn.unbox(variables["params"]), vocab, EXAMPLES, cfg)
+    result = analyze(config, variables["params"], vocab, EXAMPLES, cfg)
     assert result["examples"] == {"qa": 2, "math": 1}
     assert result["truncated"] == cut
     layers = result["layers"]
@@ -75,18 +82,35 @@ def test_cli_writes_analysis_and_figures(tiny, tmp_path, monkeypatch):
     from flan_moe.training import checkpoints
 
     config, variables = tiny
-    params = nn.unbox(variables["params"])
-    meta = {"vocabulary": "byte", "task_feature_lengths": {"inputs": 16, "targets": 8}}
+    params = variables["params"]
+    # The lengths and batch of the test above: the compiled routing function is reused.
+    meta = {"vocabulary": "byte", "task_feature_lengths": {"inputs": 12, "targets": 8}}
     monkeypatch.setattr(checkpoints, "resolve_checkpoint", lambda path: (str(tmp_path), 7))
     monkeypatch.setattr(checkpoints, "load_params", lambda path: (params, config, meta))
     data = tmp_path / "rows.jsonl"
-    data.write_text("\n".join(json.dumps(
-        {"task": ex.task, "inputs": ex.inputs, "targets": ex.targets}) for ex in EXAMPLES))
-    path = cli.run(cli.build_parser().parse_args(
-        ["--checkpoint", str(tmp_path), "--jsonl", str(data), "--batch_size", "2"]))
+    data.write_text(
+        "\n".join(
+            json.dumps({"task": ex.task, "inputs": ex.inputs, "targets": ex.targets})
+            for ex in EXAMPLES
+        )
+    )
+    path = cli.run(
+        cli.build_parser().parse_args(
+            [
+                "--checkpoint",
+                str(tmp_path),
+                "--jsonl",
+                str(data),
+                "--batch_size",
+                "2",
+                "--max_target_length",
+                "8",
+            ]
+        )
+    )
     assert path == tmp_path / "routing_analysis.json"
     result = json.loads(path.read_text())
-    assert result["step"] == 7 and result["lengths"]["inputs"] == 16
+    assert result["step"] == 7 and result["lengths"]["inputs"] == 12
     for png in ("expert_load_by_task.png", "consecutive_token_rates.png"):
         assert (tmp_path / "routing_figures" / png).stat().st_size > 0
 
@@ -108,4 +132,6 @@ def test_training_curves_from_metrics_jsonl(tmp_path):
     log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     path = figures.training_curves(figures.read_metrics(log), tmp_path / "c.png", title="run")
     assert path is not None and path.stat().st_size > 0
-    assert figures.training_curves([{"step": 1, "other": 1.0}], tmp_path / "n.png", title="x") is None
+    assert (
+        figures.training_curves([{"step": 1, "other": 1.0}], tmp_path / "n.png", title="x") is None
+    )

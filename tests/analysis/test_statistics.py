@@ -67,8 +67,13 @@ def test_loads_sum_to_k_times_valid_tokens_and_padding_never_counts():
     kept = np.ones((n, length, e), dtype=bool)
     for collector, p in ((collector_a, probs), (collector_b, other)):
         collector.add(
-            "encoder/layers_1", probs=p, kept=kept, valid=valid, tokens=tokens,
-            row_tasks=["a", "b"] * 3, k=k,
+            "encoder/layers_1",
+            probs=p,
+            kept=kept,
+            valid=valid,
+            tokens=tokens,
+            row_tasks=["a", "b"] * 3,
+            k=k,
         )
     summary_a = collector_a.summary(str)["encoder/layers_1"]
     summary_b = collector_b.summary(str)["encoder/layers_1"]
@@ -87,8 +92,15 @@ def test_collector_summary_entropy_drops_and_lift():
     kept = probs > 0
     kept[tokens == 7] = False  # expert 2's two choices were dropped
     collector = RoutingCollector(vocab_size=8)
-    collector.add("decoder/layers_0", probs=probs, kept=kept, valid=valid, tokens=tokens,
-                  row_tasks=["x", "y"], k=k)
+    collector.add(
+        "decoder/layers_0",
+        probs=probs,
+        kept=kept,
+        valid=valid,
+        tokens=tokens,
+        row_tasks=["x", "y"],
+        k=k,
+    )
     s = collector.summary(lambda t: f"<{t}>", min_count=1)["decoder/layers_0"]
     assert s["tokens"] == 7
     assert s["drop_rate"] == pytest.approx(2 / 7)
