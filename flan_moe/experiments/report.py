@@ -432,6 +432,20 @@ class Report:
     notes: tuple[str, ...] = ()
 
 
+def routing_section(runs: Sequence[Run], out: Path) -> str:
+    """ "Routing analysis" HTML for the runs with a ``routing_analysis.json`` beside one of
+    their results.json files (written by ``flan_moe.cli.analyze``); "" when none has one."""
+    from flan_moe.analysis import report_section
+
+    parts = []
+    for run in runs:
+        found = [Path(f).parent / "routing_analysis.json" for f in run.results_files]
+        found = [f for f in found if f.is_file()]
+        if found:
+            parts.append(report_section.section(run.label, found[0], out))
+    return "<h2>Routing analysis</h2>" + "".join(parts) if parts else ""
+
+
 def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
     """Write tables (CSV + Markdown), the HTML page and a JSON of every table value."""
     out = Path(out_dir)
@@ -466,6 +480,7 @@ def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
         for r in report.runs
     )
     notes_html = "".join(f"<p>{html.escape(n)}</p>" for n in report.notes)
+    routing_html = routing_section(report.runs, out)
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(report.title)}</title><style>"
@@ -475,8 +490,11 @@ def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
         "figure{display:inline-block;margin:0.5em}img{max-width:460px}.note{color:#555}"
         "</style></head><body>"
         f"<h1>{html.escape(report.title)}</h1>{notes_html}"
-        "<h2>Tables</h2>" + "".join(t.html() for t in report.tables) + "<h2>Figures</h2>"
-        f"{figures_html}<h2>Runs and their configs</h2>{configs_html}</body></html>"
+        "<h2>Tables</h2>"
+        + "".join(t.html() for t in report.tables)
+        + (f"<h2>Figures</h2>{figures_html}" if figures_html else "")
+        + routing_html
+        + f"<h2>Runs and their configs</h2>{configs_html}</body></html>"
     )
     (out / "report.html").write_text(page)
     paths["report.html"] = out / "report.html"

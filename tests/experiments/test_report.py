@@ -183,3 +183,57 @@ def test_chance_uses_each_subtasks_whole_answer_set(data_dir):
         per_task.setdefault(R.bbh_task_of(name), []).append(value)
     expected = 100 * sum(sum(v) / len(v) for v in per_task.values()) / len(per_task)
     assert cell.value == pytest.approx(expected)
+
+
+def _routing_analysis(path):
+    """A small routing_analysis.json built by the collector from synthetic routing."""
+    import numpy as np
+
+    from flan_moe.analysis.collector import RoutingCollector
+
+    rng = np.random.default_rng(0)
+    collector = RoutingCollector(vocab_size=16)
+    for layer in ("encoder/layers_1", "decoder/layers_1"):
+        probs = rng.random((4, 6, 8))
+        collector.add(layer, probs=probs, kept=probs > 0.5, valid=np.ones((4, 6), bool),
+                      tokens=rng.integers(2, 16, (4, 6)), row_tasks=["mmlu/STEM", "bbh/x"] * 2,
+                      k=2)  # fmt: skip
+    analysis = {"model": "tiny", "examples": {"mmlu/STEM": 2, "bbh/x": 2}, "layers":
+                collector.summary(lambda t: f"tok{t}", min_count=1)}  # fmt: skip
+    path.write_text(json.dumps(analysis))
+
+
+def test_routing_section_figures_exist_and_every_figure_is_referenced(tmp_path, runs):
+    import dataclasses
+    from pathlib import Path
+
+    # Run A's results.json in its own MODEL_DIR, with the analysis beside it; B has none.
+    model_dir = tmp_path / "a_model"
+    model_dir.mkdir()
+    (model_dir / "results.json").write_text(Path(runs[0].results_files[0]).read_text())
+    runs = [dataclasses.replace(runs[0], results_files=(str(model_dir / "results.json"),)), runs[1]]
+    _routing_analysis(model_dir / "routing_analysis.json")
+    out = tmp_path / "report"
+    out.mkdir()
+    figs = figures.draw(get_experiment("setting2"), runs, out, few_shot=0)
+    tables = (report.results_table(runs, shots=0, title="held-out"),)
+    paths = report.write_report(report.Report("T", tables, tuple(figs), tuple(runs)), out)
+    page = paths["report.html"].read_text()
+    parser = _Parser()
+    parser.feed(page)
+    assert "<h2>Routing analysis</h2>" in page and "<h3>A</h3>" in page and "<h3>B</h3>" not in page
+    assert "Top tokens per expert: encoder/layers_1" in page
+    assert parser.tags.count("details") >= 2 + len(runs)  # token tables + run configs
+    for src in parser.images:
+        png = out / src
+        assert png.exists() and png.stat().st_size > 1000, src
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(set(parser.images))
+    assert any(src.startswith("routing_A_") for src in parser.images)
+
+
+def test_no_routing_section_without_an_analysis(tmp_path, runs):
+    out = tmp_path / "report"
+    paths = report.write_report(report.Report("T", (), (), tuple(runs)), out)
+    page = paths["report.html"].read_text()
+    assert "Routing analysis" not in page and "<h2>Figures</h2>" not in page
