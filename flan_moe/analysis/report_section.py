@@ -100,6 +100,16 @@ def section(label: str, analysis_file: Path, out_dir: Path) -> str:
          "Consecutive tokens sharing their first / any top-2 expert, against a uniform "
          "random router (dashed)"),
     ]  # fmt: skip
+    metrics = Path(analysis_file).parent / "train" / "metrics.jsonl"
+    if metrics.is_file():
+        curves = figures.training_curves(
+            figures.read_metrics(metrics), out_dir / f"routing_{slug}_training.png",
+            title=f"Training of {label}",
+        )  # fmt: skip
+        if curves is not None:
+            drawn.append(
+                (curves, "Training curves: loss, router losses, drop rate, largest expert share")
+            )
     figs = "".join(
         f"<figure><img src='{html.escape(p.name)}' alt='{html.escape(c)}'>"
         f"<figcaption>{html.escape(c)}</figcaption></figure>"

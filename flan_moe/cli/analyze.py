@@ -14,7 +14,9 @@ Example (the tiny ``make run`` checkpoint)::
         --suites=mmlu,bbh --examples_per_task=4
 
 Writes ``<output_dir>/routing_analysis.json`` (default output_dir: the MODEL_DIR holding the
-checkpoint, beside ``results.json``) and figures under ``<output_dir>/routing_figures/``.
+checkpoint, beside ``results.json``) and figures under ``<output_dir>/routing_figures/``
+(load heatmaps, repeat rates, and training curves when ``<MODEL_DIR>/train/metrics.jsonl``
+exists).
 ``--group_by`` chooses the task label: ``category`` (MMLU group / BBH family; default),
 ``subtask`` (MMLU subject / BBH task) or ``suite``.
 """
@@ -136,7 +138,16 @@ def run(args: argparse.Namespace) -> Path:
     path.write_text(json.dumps(result, indent=1))
     print(f"routing analysis of {len(examples)} examples ({result['truncated']} cut) -> {path}")
     if not args.no_figures:
-        for fig in figures.routing_figures(result, out_dir / "routing_figures"):
+        drawn = figures.routing_figures(result, out_dir / "routing_figures")
+        metrics = Path(directory) / "train" / "metrics.jsonl"
+        if metrics.is_file():
+            curves = figures.training_curves(
+                figures.read_metrics(metrics),
+                out_dir / "routing_figures" / "training_curves.png",
+                title=f"Training of {config.name} ({metrics})",
+            )
+            drawn += [curves] if curves else []
+        for fig in drawn:
             print(f"figure -> {fig}")
     return path
 

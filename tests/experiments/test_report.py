@@ -213,6 +213,11 @@ def test_routing_section_figures_exist_and_every_figure_is_referenced(tmp_path, 
     (model_dir / "results.json").write_text(Path(runs[0].results_files[0]).read_text())
     runs = [dataclasses.replace(runs[0], results_files=(str(model_dir / "results.json"),)), runs[1]]
     _routing_analysis(model_dir / "routing_analysis.json")
+    (model_dir / "train").mkdir()
+    (model_dir / "train" / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": 3.0 / s, "moe/fraction_dropped": 0.1}) + "\n"
+                for s in (1, 2, 3))
+    )  # fmt: skip
     out = tmp_path / "report"
     out.mkdir()
     figs = figures.draw(get_experiment("setting2"), runs, out, few_shot=0)
@@ -229,7 +234,9 @@ def test_routing_section_figures_exist_and_every_figure_is_referenced(tmp_path, 
         assert png.exists() and png.stat().st_size > 1000, src
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.glob("*.png")) == sorted(set(parser.images))
-    assert any(src.startswith("routing_A_") for src in parser.images)
+    assert {"routing_A_load.png", "routing_A_repeats.png", "routing_A_training.png"} <= set(
+        parser.images
+    )
 
 
 def test_no_routing_section_without_an_analysis(tmp_path, runs):
