@@ -9,8 +9,9 @@ tokens of each expert by count and by lift, router entropy and confidence, and d
 
 Example (the tiny ``make run`` checkpoint)::
 
+    RUN=experiments_out/setting2_instruction_tuning/tiny/flan_switch
     FLAN_MOE_DATA_DIR=../shared/data python -m flan_moe.cli.analyze \\
-        --checkpoint=/tmp/flan_moe_run/setting2/moe/instruction_tune \\
+        --checkpoint=$RUN/instruction_tune/model \\
         --suites=mmlu,bbh --examples_per_task=4
 
 Writes ``<output_dir>/routing_analysis.json`` (default output_dir: the MODEL_DIR holding the
