@@ -32,6 +32,42 @@ def _title(text: str, width: int = 60) -> str:
     return "\n".join(textwrap.wrap(text, width))
 
 
+def layout_problems(fig: Any) -> list[str]:
+    """Texts that stick out of the figure, and legends that overlap an axes' plotting area."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    frame = fig.bbox
+    problems = []
+
+    def outside(box: Any) -> bool:
+        return bool(
+            box.x0 < frame.x0 - 1 or box.y0 < frame.y0 - 1
+            or box.x1 > frame.x1 + 1 or box.y1 > frame.y1 + 1
+        )  # fmt: skip
+
+    # Tight boxes hold what is drawn: titles, labels, tick labels, legends.
+    for ax in fig.axes:
+        if outside(ax.get_tightbbox(renderer)):
+            problems.append(f"axes {ax.get_title()!r}: text is clipped at the figure's edge")
+    title = fig._suptitle
+    if title is not None and outside(title.get_window_extent(renderer)):
+        problems.append(f"title {title.get_text()!r} is clipped")
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        for other in fig.axes:
+            if legend is not None and legend.get_window_extent(renderer).overlaps(
+                other.get_window_extent(renderer)
+            ):
+                problems.append(f"the legend of {ax.get_title()!r} overlaps an axes")
+    return problems
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
 def load_heatmap(analysis: Mapping[str, Any], path: Path) -> Path:
     plt = _plt()
     layers = analysis["layers"]
@@ -57,9 +93,7 @@ def load_heatmap(analysis: Mapping[str, Any], path: Path) -> Path:
         ax.set_title(f"{name}: expert load by task", fontsize=9)
         fig.colorbar(image, ax=ax, label="share of choices")
     fig.suptitle(_title(f"Expert load per task ({analysis.get('model', '')})"), fontsize=10)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def repeat_rates(analysis: Mapping[str, Any], path: Path) -> Path:
@@ -83,9 +117,7 @@ def repeat_rates(analysis: Mapping[str, Any], path: Path) -> Path:
     ax.set_ylim(0, 100)
     ax.set_title(_title("Consecutive tokens routed to the same experts"), fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def routing_figures(analysis: Mapping[str, Any], out_dir: Path) -> list[Path]:
@@ -125,7 +157,7 @@ def training_curves(rows: Sequence[Mapping[str, Any]], path: Path, *, title: str
     if not panels:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 1.5, 3.0),
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels) + 1.5, 3.0),
                              layout="constrained", squeeze=False)  # fmt: skip
     for ax, (name, keys) in zip(axes[0], panels, strict=True):
         for key in keys:
@@ -134,8 +166,6 @@ def training_curves(rows: Sequence[Mapping[str, Any]], path: Path, *, title: str
         ax.set_xlabel("step")
         ax.set_title(name, fontsize=9)
         if len(keys) > 1:
-            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25))
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(_title(title), fontsize=10)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

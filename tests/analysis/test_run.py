@@ -135,3 +135,44 @@ def test_training_curves_from_metrics_jsonl(tmp_path):
     assert (
         figures.training_curves([{"step": 1, "other": 1.0}], tmp_path / "n.png", title="x") is None
     )
+
+
+def test_figures_have_no_clipped_text_or_overlapping_legends(tmp_path, monkeypatch):
+    from flan_moe.analysis.collector import RoutingCollector
+
+    rng = np.random.default_rng(0)
+    collector = RoutingCollector(vocab_size=16)
+    tasks = ["mmlu/social sciences", "bbh/salient_translation_error_detection", "qa"]
+    for layer in ("encoder/layers_1", "encoder/layers_3", "decoder/layers_1"):
+        probs = rng.random((3, 6, 8))
+        collector.add(layer, probs=probs, kept=probs > 0.3, valid=np.ones((3, 6), bool),
+                      tokens=rng.integers(2, 16, (3, 6)), row_tasks=tasks, k=2)  # fmt: skip
+    analysis = {"model": "a model with a rather long name", "layers": collector.summary(str)}
+    rows = [{"step": s, "loss": 1.0 / s, "cross_entropy": 0.9 / s, "load_balancing_loss": 1.0,
+             "router_z_loss": 0.2, "moe/fraction_dropped": 0.1} for s in (1, 2)]  # fmt: skip
+    problems = {}
+    save = figures._save
+
+    def checked_save(fig, path):
+        problems[path.name] = figures.layout_problems(fig)
+        return save(fig, path)
+
+    monkeypatch.setattr(figures, "_save", checked_save)
+    figures.routing_figures(analysis, tmp_path)
+    figures.training_curves(rows, tmp_path / "curves.png", title="Training of a tiny run " * 3)
+    assert problems == {
+        "expert_load_by_task.png": [],
+        "consecutive_token_rates.png": [],
+        "curves.png": [],
+    }
+
+
+def test_layout_check_catches_a_legend_over_the_plot(tmp_path):
+    plt = figures._plt()
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0, 1], [0, 1], label="a long legend entry")
+    ax.legend(loc="center")
+    ax.set_title("a title far too long to fit into a figure this narrow, clipped at the edge")
+    problems = figures.layout_problems(fig)
+    plt.close(fig)
+    assert any("overlaps" in p for p in problems) and any("clipped" in p for p in problems)
