@@ -47,7 +47,7 @@ def layout_problems(fig: Any) -> list[str]:
 
     # Tight boxes hold what is drawn: titles, labels, tick labels, legends.
     for ax in fig.axes:
-        if outside(ax.get_tightbbox(renderer)):
+        if ax.get_visible() and outside(ax.get_tightbbox(renderer)):
             problems.append(f"axes {ax.get_title()!r}: text is clipped at the figure's edge")
     title = fig._suptitle
     if title is not None and outside(title.get_window_extent(renderer)):
@@ -62,7 +62,8 @@ def layout_problems(fig: Any) -> list[str]:
     return problems
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
+    """Save (PNG, 110 dpi) and close; the one place figures are written (tests check it)."""
     fig.savefig(path, dpi=110)
     _plt().close(fig)
     return path
@@ -93,7 +94,7 @@ def load_heatmap(analysis: Mapping[str, Any], path: Path) -> Path:
         ax.set_title(f"{name}: expert load by task", fontsize=9)
         fig.colorbar(image, ax=ax, label="share of choices")
     fig.suptitle(_title(f"Expert load per task ({analysis.get('model', '')})"), fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def repeat_rates(analysis: Mapping[str, Any], path: Path) -> Path:
@@ -117,7 +118,7 @@ def repeat_rates(analysis: Mapping[str, Any], path: Path) -> Path:
     ax.set_ylim(0, 100)
     ax.set_title(_title("Consecutive tokens routed to the same experts"), fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def routing_figures(analysis: Mapping[str, Any], out_dir: Path) -> list[Path]:
@@ -157,15 +158,19 @@ def training_curves(rows: Sequence[Mapping[str, Any]], path: Path, *, title: str
     if not panels:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels) + 1.5, 3.0),
+    cols = min(2, len(panels))
+    rows_n = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(5.2 * cols + 1.0, 2.8 * rows_n + 0.6),
                              layout="constrained", squeeze=False)  # fmt: skip
-    for ax, (name, keys) in zip(axes[0], panels, strict=True):
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (name, keys) in zip(axes.flat, panels, strict=False):
         for key in keys:
             points = [(r["step"], r[key]) for r in rows if key in r and "step" in r]
-            ax.plot([p[0] for p in points], [p[1] for p in points], label=key)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=key)
         ax.set_xlabel("step")
         ax.set_title(name, fontsize=9)
         if len(keys) > 1:
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(_title(title), fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -111,7 +111,7 @@ def section(label: str, analysis_file: Path, out_dir: Path) -> str:
                 (curves, "Training curves: loss, router losses, drop rate, largest expert share")
             )
     figs = "".join(
-        f"<figure><img src='{html.escape(p.name)}' alt='{html.escape(c)}'>"
+        f"<figure><img class='wide' src='{html.escape(p.name)}' alt='{html.escape(c)}'>"
         f"<figcaption>{html.escape(c)}</figcaption></figure>"
         for p, c in drawn
     )

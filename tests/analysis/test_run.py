@@ -151,13 +151,13 @@ def test_figures_have_no_clipped_text_or_overlapping_legends(tmp_path, monkeypat
     rows = [{"step": s, "loss": 1.0 / s, "cross_entropy": 0.9 / s, "load_balancing_loss": 1.0,
              "router_z_loss": 0.2, "moe/fraction_dropped": 0.1} for s in (1, 2)]  # fmt: skip
     problems = {}
-    save = figures._save
+    save = figures.save_figure
 
     def checked_save(fig, path):
         problems[path.name] = figures.layout_problems(fig)
         return save(fig, path)
 
-    monkeypatch.setattr(figures, "_save", checked_save)
+    monkeypatch.setattr(figures, "save_figure", checked_save)
     figures.routing_figures(analysis, tmp_path)
     figures.training_curves(rows, tmp_path / "curves.png", title="Training of a tiny run " * 3)
     assert problems == {

@@ -203,6 +203,21 @@ def _routing_analysis(path):
     path.write_text(json.dumps(analysis))
 
 
+@pytest.mark.parametrize("name", ["setting2", "ablation_num_experts", "ablation_data_efficiency"])
+def test_figures_have_no_clipped_titles_or_legends_over_data(tmp_path, runs, name, monkeypatch):
+    from flan_moe.analysis import figures as analysis_figures
+
+    problems, save = {}, analysis_figures.save_figure
+
+    def checked_save(fig, path):
+        problems[path.name] = analysis_figures.layout_problems(fig)
+        return save(fig, path)
+
+    monkeypatch.setattr(analysis_figures, "save_figure", checked_save)
+    figures.draw(get_experiment(name), runs, tmp_path, few_shot=0)
+    assert problems and all(p == [] for p in problems.values()), problems
+
+
 def test_routing_section_figures_exist_and_every_figure_is_referenced(tmp_path, runs):
     import dataclasses
     from pathlib import Path
