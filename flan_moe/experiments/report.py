@@ -27,6 +27,7 @@ import html
 import io
 import json
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -365,7 +366,8 @@ def bar_figure(
     plt = _plt()
     group_names = list(groups)
     series = list(dict.fromkeys(s for g in groups.values() for s in g))  # first-seen order
-    fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(group_names)), 3.2))
+    fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(group_names)) + 2.5, 3.4),
+                           layout="constrained")  # fmt: skip
     width = 0.8 / max(1, len(series))
     for j, name in enumerate(series):
         xs, ys = [], []
@@ -382,13 +384,12 @@ def bar_figure(
     )  # fmt: skip
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    if series:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    ax.set_title("\n".join(textwrap.wrap(title, 48)), fontsize=10)
+    if series:  # beside the axes: never over the data
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    from flan_moe.analysis.figures import save_figure
+
+    return save_figure(fig, path)
 
 
 def line_figure(
@@ -402,7 +403,7 @@ def line_figure(
 ) -> Path:
     """One line per series of (x, y) points; points with a missing y are left out."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.8, 3.2))
+    fig, ax = plt.subplots(figsize=(6.8, 3.4), layout="constrained")
     for name, points in series.items():
         pts = sorted((x, y) for x, y in points if y is not None)
         if pts:
@@ -411,13 +412,12 @@ def line_figure(
         ax.set_xscale("log", base=2)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    if series:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    ax.set_title("\n".join(textwrap.wrap(title, 48)), fontsize=10)
+    if series:  # beside the axes: never over the data
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    from flan_moe.analysis.figures import save_figure
+
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------ report
@@ -430,6 +430,20 @@ class Report:
     figures: tuple[tuple[str, Path], ...]  # (caption, png path)
     runs: tuple[Run, ...]
     notes: tuple[str, ...] = ()
+
+
+def routing_section(runs: Sequence[Run], out: Path) -> str:
+    """ "Routing analysis" HTML for the runs with a ``routing_analysis.json`` beside one of
+    their results.json files (written by ``flan_moe.cli.analyze``); "" when none has one."""
+    from flan_moe.analysis import report_section
+
+    parts = []
+    for run in runs:
+        found = [Path(f).parent / "routing_analysis.json" for f in run.results_files]
+        found = [f for f in found if f.is_file()]
+        if found:
+            parts.append(report_section.section(run.label, found[0], out))
+    return "<h2>Routing analysis</h2>" + "".join(parts) if parts else ""
 
 
 def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
@@ -466,17 +480,22 @@ def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
         for r in report.runs
     )
     notes_html = "".join(f"<p>{html.escape(n)}</p>" for n in report.notes)
+    routing_html = routing_section(report.runs, out)
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(report.title)}</title><style>"
         "body{font-family:sans-serif;max-width:1000px;margin:2em auto}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;"
         "padding:3px 8px;text-align:right}td:first-child{text-align:left}"
-        "figure{display:inline-block;margin:0.5em}img{max-width:460px}.note{color:#555}"
+        "figure{display:inline-block;margin:0.5em}img{max-width:640px}img.wide{max-width:100%}"
+        ".note{color:#555}"
         "</style></head><body>"
         f"<h1>{html.escape(report.title)}</h1>{notes_html}"
-        "<h2>Tables</h2>" + "".join(t.html() for t in report.tables) + "<h2>Figures</h2>"
-        f"{figures_html}<h2>Runs and their configs</h2>{configs_html}</body></html>"
+        "<h2>Tables</h2>"
+        + "".join(t.html() for t in report.tables)
+        + (f"<h2>Figures</h2>{figures_html}" if figures_html else "")
+        + routing_html
+        + f"<h2>Runs and their configs</h2>{configs_html}</body></html>"
     )
     (out / "report.html").write_text(page)
     paths["report.html"] = out / "report.html"

@@ -323,7 +323,26 @@ def plan_run(
     assert model_dir is not None, "an experiment trains at least once"
     trained = tuple(s.name for s in stages[len(start.stages) :])
     stages += _eval_stages(experiment, scale, name, model_dir, trained, in_process)
+    if run.attributes.get("family") == "moe" or run.attributes.get("num_experts", 1) > 1:
+        stages.append(_stage(f"{name}/analyze_routing",
+                             _analyze_command(scale, experiment, model_dir=model_dir),
+                             trained, in_process))  # fmt: skip
     return RunPlan(run, tuple(stages), model_dir)
+
+
+def _analyze_command(scale: Scale, experiment: Experiment, *, model_dir: Path) -> tuple[str, ...]:
+    """Routing analysis of a sparse run's final checkpoint over the held-out suites
+    (``routing_analysis.json`` beside its results.json; the report's routing section)."""
+    return (
+        sys.executable,
+        "-m",
+        "flan_moe.cli.analyze",
+        f"--checkpoint={model_dir}",
+        f"--suites={','.join(experiment.eval_suites)}",
+        f"--examples_per_task={scale.eval_subsample or 8}",
+        f"--max_input_length={scale.eval_max_input_length}",
+        f"--batch_size={scale.eval_batch_size}",
+    )
 
 
 def plan_untuned(

@@ -57,6 +57,9 @@ Array = jax.Array
 
 LOSS_COLLECTION = "moe_losses"
 METRICS_COLLECTION = "moe_metrics"
+# Opt-in per-token routing (``flan_moe.analysis``): sown only when ``apply`` is called with
+# this collection mutable, so training, evaluation and the param tree never see it.
+ROUTING_COLLECTION = "moe_routing"
 LOSS_NAMES = ("load_balancing_loss", "router_z_loss")
 # Sown per layer when MoeConfig.load_balancing_pooling == "stack" (see collect_router_losses).
 POOLING_STATISTICS = (
@@ -199,6 +202,7 @@ class MoeBlock(nn.Module):
                     renormalize=moe.renormalize_top_k,
                 )
             self._sow_losses_and_metrics(moe, logits, probs, routing, valid, router_type, k)
+            self._sow_routing(probs, routing, (b, length))
 
         if moe.dropless:
             y = self._dropless(xg, routing, enable_dropout)
@@ -222,6 +226,28 @@ class MoeBlock(nn.Module):
         return constrain(y.astype(dtype), ("batch", "length", "embed"))
 
     # --- losses and metrics -------------------------------------------------------
+
+    def _sow_routing(
+        self, probs: Array, routing: routing_lib.Routing, rows: tuple[int, int]
+    ) -> None:
+        """Per-token router probabilities [b, l, e] and kept assignments [b, l, e] (bool),
+        only when the caller made ``ROUTING_COLLECTION`` mutable (off by default)."""
+        if self.is_initializing() or not self.is_mutable_collection(ROUTING_COLLECTION):
+            return
+        e = probs.shape[-1]
+        kept = jnp.einsum(
+            "gsk,gske->gse",
+            routing.kept.astype(jnp.float32),
+            jax.nn.one_hot(routing.expert_index, e),
+        )
+        for name, value in (("router_probs", probs), ("kept", kept > 0)):
+            self.sow(
+                ROUTING_COLLECTION,
+                name,
+                value.reshape(*rows, e),
+                init_fn=lambda: 0.0,
+                reduce_fn=lambda _, v: v,
+            )
 
     def _sow_losses_and_metrics(
         self,

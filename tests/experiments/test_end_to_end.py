@@ -151,3 +151,17 @@ def test_report_shows_uncertainty_references_and_effective_shots(finished):
                 assert ("not significant" in cell) is (low <= 0 <= high), (column, cell)
     assert "not significant" in md
     assert "ranked" in md  # MMLU direct is rank classification, labelled as such
+
+
+def test_sparse_runs_get_a_routing_analysis_in_the_report(finished):
+    experiment, scale, base, outcomes, paths, log = finished
+    root = runner.experiment_root(base, experiment, scale)
+    analysed = [
+        p for p in runner.plan_experiment(experiment, scale, root)
+        if (p.final_model_dir / "routing_analysis.json").is_file()
+    ]  # fmt: skip
+    assert [p.run.label for p in analysed] == ["Flan-Switch"]
+    analysis = json.loads((analysed[0].final_model_dir / "routing_analysis.json").read_text())
+    assert set(analysis["layers"]) >= {"encoder/layers_1", "decoder/layers_1"}
+    page = paths["report.html"].read_text()
+    assert "<h2>Routing analysis</h2>" in page and "<h3>Flan-Switch</h3>" in page

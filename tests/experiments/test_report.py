@@ -183,3 +183,79 @@ def test_chance_uses_each_subtasks_whole_answer_set(data_dir):
         per_task.setdefault(R.bbh_task_of(name), []).append(value)
     expected = 100 * sum(sum(v) / len(v) for v in per_task.values()) / len(per_task)
     assert cell.value == pytest.approx(expected)
+
+
+def _routing_analysis(path):
+    """A small routing_analysis.json built by the collector from synthetic routing."""
+    import numpy as np
+
+    from flan_moe.analysis.collector import RoutingCollector
+
+    rng = np.random.default_rng(0)
+    collector = RoutingCollector(vocab_size=16)
+    for layer in ("encoder/layers_1", "decoder/layers_1"):
+        probs = rng.random((4, 6, 8))
+        collector.add(layer, probs=probs, kept=probs > 0.5, valid=np.ones((4, 6), bool),
+                      tokens=rng.integers(2, 16, (4, 6)), row_tasks=["mmlu/STEM", "bbh/x"] * 2,
+                      k=2)  # fmt: skip
+    analysis = {"model": "tiny", "examples": {"mmlu/STEM": 2, "bbh/x": 2}, "layers":
+                collector.summary(lambda t: f"tok{t}", min_count=1)}  # fmt: skip
+    path.write_text(json.dumps(analysis))
+
+
+@pytest.mark.parametrize("name", ["setting2", "ablation_num_experts", "ablation_data_efficiency"])
+def test_figures_have_no_clipped_titles_or_legends_over_data(tmp_path, runs, name, monkeypatch):
+    from flan_moe.analysis import figures as analysis_figures
+
+    problems, save = {}, analysis_figures.save_figure
+
+    def checked_save(fig, path):
+        problems[path.name] = analysis_figures.layout_problems(fig)
+        return save(fig, path)
+
+    monkeypatch.setattr(analysis_figures, "save_figure", checked_save)
+    figures.draw(get_experiment(name), runs, tmp_path, few_shot=0)
+    assert problems and all(p == [] for p in problems.values()), problems
+
+
+def test_routing_section_figures_exist_and_every_figure_is_referenced(tmp_path, runs):
+    import dataclasses
+    from pathlib import Path
+
+    # Run A's results.json in its own MODEL_DIR, with the analysis beside it; B has none.
+    model_dir = tmp_path / "a_model"
+    model_dir.mkdir()
+    (model_dir / "results.json").write_text(Path(runs[0].results_files[0]).read_text())
+    runs = [dataclasses.replace(runs[0], results_files=(str(model_dir / "results.json"),)), runs[1]]
+    _routing_analysis(model_dir / "routing_analysis.json")
+    (model_dir / "train").mkdir()
+    (model_dir / "train" / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": 3.0 / s, "moe/fraction_dropped": 0.1}) + "\n"
+                for s in (1, 2, 3))
+    )  # fmt: skip
+    out = tmp_path / "report"
+    out.mkdir()
+    figs = figures.draw(get_experiment("setting2"), runs, out, few_shot=0)
+    tables = (report.results_table(runs, shots=0, title="held-out"),)
+    paths = report.write_report(report.Report("T", tables, tuple(figs), tuple(runs)), out)
+    page = paths["report.html"].read_text()
+    parser = _Parser()
+    parser.feed(page)
+    assert "<h2>Routing analysis</h2>" in page and "<h3>A</h3>" in page and "<h3>B</h3>" not in page
+    assert "Top tokens per expert: encoder/layers_1" in page
+    assert parser.tags.count("details") >= 2 + len(runs)  # token tables + run configs
+    for src in parser.images:
+        png = out / src
+        assert png.exists() and png.stat().st_size > 1000, src
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(set(parser.images))
+    assert {"routing_A_load.png", "routing_A_repeats.png", "routing_A_training.png"} <= set(
+        parser.images
+    )
+
+
+def test_no_routing_section_without_an_analysis(tmp_path, runs):
+    out = tmp_path / "report"
+    paths = report.write_report(report.Report("T", (), (), tuple(runs)), out)
+    page = paths["report.html"].read_text()
+    assert "Routing analysis" not in page and "<h2>Figures</h2>" not in page

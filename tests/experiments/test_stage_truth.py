@@ -87,14 +87,15 @@ def test_changing_one_model_of_setting2_reruns_exactly_that_models_stages(tmp_pa
     scale = settings.get_scale("tiny")
     stages, root, _ = stages_for(scale)
     pipeline.run_pipeline(stages, root, out=io.StringIO())
-    assert len(calls) == len(stages) == 20
+    assert len(calls) == len(stages) == 21  # 20 + Flan-Switch's routing analysis
     calls.clear()
     pipeline.run_pipeline(stages, root, out=io.StringIO())
     assert calls == []
 
     swapped = dataclasses.replace(scale, models={**scale.models, "switch": "switch_tiny_16"})
     stages, root, switch = stages_for(swapped)
-    assert len(switch) == 10  # Flan-Switch and its untuned counterpart: 2 trainings + 8 evals
+    # Flan-Switch and its untuned counterpart: 2 trainings + 8 evals + 1 routing analysis
+    assert len(switch) == 11
     pipeline.run_pipeline(stages, root, out=io.StringIO())
     assert sorted(calls) == sorted(switch)
 
@@ -322,9 +323,9 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):
     argv = ["setting2", "--scale", "tiny", "--output_dir", str(tmp_path), "--dry_run"]
     assert experiment_cli.main(argv) == 0
     text = capsys.readouterr().out
-    assert "[1/20] pretrain/dense: WOULD RUN (not done) - train to step 30" in text
-    assert "[2/20] flan_t5_dense/instruction_tune: WOULD RUN (not done) - train to step 40" in text
-    assert "20 of 20 stage(s) would run (140 training steps" in text
+    assert "[1/21] pretrain/dense: WOULD RUN (not done) - train to step 30" in text
+    assert "[2/21] flan_t5_dense/instruction_tune: WOULD RUN (not done) - train to step 40" in text
+    assert "21 of 21 stage(s) would run (140 training steps" in text
     assert not any(tmp_path.iterdir())  # nothing was run or written
 
 
