@@ -124,12 +124,15 @@ def _collect_moe(config: ModelConfig, state: dict[str, Any]) -> tuple[dict, dict
     from flan_moe.model.layer_stack import scanned_to_unrolled
     from flan_moe.model.moe import collect_moe_metrics, collect_router_losses
 
-    # Scanned layers sow [num_blocks] values: name them per layer as unrolled ones.
+    def per_layer(tree: Any) -> Any:
+        # Scanned layers sow [num_blocks] values: name them per layer as unrolled ones.
+        return scanned_to_unrolled(tree, config) if config.scan_layers else tree
+
     losses = collect_router_losses(
-        scanned_to_unrolled(state.get("moe_losses", {}), config),
+        per_layer(state.get("moe_losses", {})),
         combination=config.moe.router_loss_combination,
     )
-    metrics = collect_moe_metrics(scanned_to_unrolled(state.get("moe_metrics", {}), config))
+    metrics = collect_moe_metrics(per_layer(state.get("moe_metrics", {})))
     return dict(losses), dict(metrics)
 
 

@@ -153,3 +153,28 @@ def test_microbatch_normaliser_makes_losses_add_up(tiny):
         for h in halves
     )
     np.testing.assert_allclose(total, float(full), rtol=1e-5)
+
+
+def test_router_losses_with_explicitly_listed_sparse_layers():
+    """An unrolled MoE whose sparse layers are listed (as upcycled models are) trains.
+
+    The scanned-to-unrolled renaming of sown router values is for scanned models only;
+    applied to an unrolled model with a listed placement it used to raise.
+    """
+    base = get_config("switch_tiny_8", dtype="float32")
+    config = base.replace(
+        scan_layers=False,
+        moe=base.moe.replace(encoder_sparse_layers=(1,), decoder_sparse_layers=(1,)),
+    )
+    model = EncoderDecoder(config)
+    tokens = jnp.full((2, 8), 5, jnp.int32)
+    params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), tokens, tokens, tokens)["params"])
+    batch = {
+        "encoder_input_tokens": tokens,
+        "decoder_input_tokens": tokens,
+        "decoder_target_tokens": tokens,
+    }
+    loss, parts = _loss(params, batch, model=model, loss_config=LossConfig())
+    assert np.isfinite(float(loss))
+    # Two sparse layers (one per stack), each with a load-balancing loss >= 1 (flaxformer's).
+    assert float(parts["load_balancing_loss"]) >= 1.0 - 1e-6

@@ -536,4 +536,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(validation.run_cli(main))
+    validation.run_cli_and_exit(main)

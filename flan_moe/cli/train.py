@@ -320,4 +320,4 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
 
 
 if __name__ == "__main__":
-    sys.exit(validation.run_cli(lambda argv: EXIT_STOPPED if main(argv).stopped else 0))
+    validation.run_cli_and_exit(lambda argv: EXIT_STOPPED if main(argv).stopped else 0)

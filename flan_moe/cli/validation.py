@@ -14,13 +14,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import logging
 import os
 import sys
+import traceback
 import types
 import typing
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 EXIT_USAGE = 2
 
@@ -347,3 +349,38 @@ def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | N
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     return result if isinstance(result, int) else 0
+
+
+def exit_process(code: int) -> NoReturn:
+    """Flush the logs and end the process now, skipping interpreter teardown.
+
+    TensorFlow's tf.data iterators (SeqIO's pipelines) wait for their parallel-map
+    threads in their destructors at exit: tens of seconds after a finished run, and
+    forever after an exception was raised mid-iteration, so a failed stage would hang
+    instead of failing. Everything a command writes is flushed and closed before its
+    ``main`` returns (checkpoints committed, summary writers closed), so nothing is lost.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more to write
+            pass
+    logging.shutdown()
+    os._exit(code)
+
+
+def run_cli_and_exit(main: Callable[[Sequence[str] | None], Any]) -> NoReturn:
+    """``run_cli``, then ``exit_process`` with its status; an uncaught error exits 1."""
+    try:
+        code = run_cli(main)
+    except SystemExit as e:  # argparse's --help (0) and usage errors (2)
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        code = 130
+    except BaseException:  # noqa: BLE001 - printed in full, then a failing status
+        traceback.print_exc()
+        code = 1
+    exit_process(code)
