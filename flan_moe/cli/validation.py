@@ -12,6 +12,7 @@ The checks here are pure Python on flag values and gin macro values; the gin-nam
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import logging
@@ -361,10 +362,8 @@ def exit_process(code: int) -> NoReturn:
     ``main`` returns (checkpoints committed, summary writers closed), so nothing is lost.
     """
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing to write
             stream.flush()
-        except (OSError, ValueError):  # a closed or broken pipe: nothing more to write
-            pass
     logging.shutdown()
     os._exit(code)
 
@@ -380,7 +379,7 @@ def run_cli_and_exit(main: Callable[[Sequence[str] | None], Any]) -> NoReturn:
     except KeyboardInterrupt:
         traceback.print_exc()
         code = 130
-    except BaseException:  # noqa: BLE001 - printed in full, then a failing status
+    except BaseException:  # printed in full, then a failing status
         traceback.print_exc()
         code = 1
     exit_process(code)
