@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from flan_moe.experiments import figures, pipeline, report, stage_keys
+from flan_moe.experiments import figures, paper_numbers, pipeline, report, stage_keys
 from flan_moe.experiments.settings import (
     FINETUNE_TASK,
     INSTRUCTION_MIXTURE,
@@ -474,14 +474,19 @@ def build_report(
         columns = report.REASONING_COLUMNS if experiment.finetune else report.HELDOUT_COLUMNS
         if experiment.baseline and not experiment.finetune:
             tables.append(report.ablation_table(runs, baseline=experiment.baseline, shots=shots,
-                                                title=title, selection=selection))  # fmt: skip
+                                                title=title, selection=selection,
+                                                scale=scale.name))  # fmt: skip
         else:
+            paper = paper_numbers.rows_for(experiment.name, shots=shots,
+                                           columns=tuple(c for _, c in columns))  # fmt: skip
             tables.append(report.results_table(runs, shots=shots, title=title, columns=columns,
-                                               selection=selection))  # fmt: skip
+                                               selection=selection, scale=scale.name,
+                                               paper=paper))  # fmt: skip
         if pairs := report.stated_differences(runs):
             tables.append(report.differences_table(pairs, shots=shots, columns=columns,
                                                    title=f"Differences — {title}",
-                                                   selection=selection))  # fmt: skip
+                                                   selection=selection,
+                                                   scale=scale.name))  # fmt: skip
     figs = figures.draw(experiment, runs, out, few_shot=scale.few_shot, selection=selection)
     notes = (
         f"Reproduces: {experiment.paper_result}.",
