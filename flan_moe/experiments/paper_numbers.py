@@ -37,15 +37,19 @@ NUMBERS: tuple[PaperNumber, ...] = (
         value=65.4,
         shots=5,
         table="Table 1",
-        read_in="the paper's summary of Table 1 (FLAN-ST32B, MMLU few-shot, 32.1 GFLOPs/token)",
+        read_in=(
+            "a secondary summary of arXiv 2305.14705v2 (the argminai arXiv dashboard), which "
+            "quotes FLAN-ST32B at 65.4% MMLU few-shot and 32.1 GFLOPs/token; the PDF's table "
+            "itself was not available to check"
+        ),
     ),
 )
 
 #: What the paper reports that is not in ``NUMBERS``, and why (shown under the tables).
 UNSOURCED = (
-    "Table 1's other cells (the Base/Large/XL rows, MMLU-CoT, BBH-Direct/CoT) and Tables 2-7 "
-    "are left out: no copy of the table text could be read in this project's sources, and "
-    "numbers are never typed in from memory."
+    "Every other cell of the paper's tables (its Base-size rows, MMLU-CoT, BBH-Direct/CoT, "
+    "the ablation tables) is left out: no copy of the table text could be read in this "
+    "project's sources, and numbers are never typed in from memory."
 )
 
 
@@ -54,11 +58,17 @@ def rows_for(experiment: str, *, shots: int, columns: tuple[str, ...]) -> dict[s
     few-shot held-out numbers only, so zero-shot tables (``shots == 0``) get none."""
     if shots == 0:
         return {}
-    rows: dict[str, dict] = {}
+    by_model: dict[str, dict] = {}
     for number in NUMBERS:
         if experiment in number.experiments and number.column in columns:
-            rows.setdefault(number.model + ROW_SUFFIX, {})[number.column] = number
-    return rows
+            by_model.setdefault(number.model, {})[number.column] = number
+    return {row_label(model, cells): cells for model, cells in by_model.items()}
+
+
+def row_label(model: str, cells: dict) -> str:
+    """ "Flan-ST32B (paper, at paper scale; Table 1: MMLU-Direct 5-shot)"."""
+    where = "; ".join(sorted({f"{n.table}: {n.column} {n.shots}-shot" for n in cells.values()}))
+    return f"{model}{ROW_SUFFIX[:-1]}; {where})"
 
 
 def note(rows: dict[str, dict]) -> str:

@@ -1,5 +1,6 @@
 """Per-task breakdowns under a results table: every MMLU subject / BBH task file of every run,
-with its question count and a 95% Wilson interval, each run behind a ``<details>`` click.
+with its question count and a 95% Wilson interval, behind ``<details>`` clicks (one per run,
+inside it one per column).
 
 The counts are the evaluator's (``SubtaskResult.correct`` / ``total`` in results.json);
 the interval is the Wilson score interval of that binomial count
@@ -47,9 +48,10 @@ def _subtask_table(run_label: str, column: str, entry, family: str, shots: int) 
         + (f"; {skipped} {kind}(s) with no questions left out" if skipped else "")
     )
     return (
+        f"<details><summary>{html.escape(column)} ({len(rows)} {kind}s)</summary>"
         f"<table class='breakdown'><caption>{html.escape(caption)}</caption><thead><tr>"
         f"<th>{kind}</th><th>n</th><th>accuracy</th><th>95% interval</th><th>no answer</th>"
-        f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table></details>"
     )
 
 
@@ -61,7 +63,7 @@ def breakdown_html(
     selection: Selection,
     method: str | None = None,
 ) -> str:
-    """One ``<details>`` per run with one table per column that has an entry; columns
+    """One ``<details>`` per run with one folded table per column that has an entry; columns
     without one are named in a line; "" when no run has any entry (no empty section)."""
     parts = []
     for run in runs:
