@@ -13,6 +13,7 @@ Layout rules: constrained layout, legends outside the axes, titles wrapped to th
 from __future__ import annotations
 
 import json
+import logging
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -63,7 +64,13 @@ def layout_problems(fig: Any) -> list[str]:
 
 
 def save_figure(fig: Any, path: Path) -> Path:
-    """Save (PNG, 110 dpi) and close; the one place figures are written (tests check it)."""
+    """Save (PNG, 110 dpi) and close; the one place figures are written (tests check it).
+
+    The layout is checked first (``layout_problems``: clipped texts, legends over an axes);
+    each problem is logged as a warning naming the file, so a bad figure in a pipeline run
+    shows in its stage log."""
+    for problem in layout_problems(fig):
+        logging.getLogger(__name__).warning("figure %s: %s", Path(path).name, problem)
     fig.savefig(path, dpi=110)
     _plt().close(fig)
     return path
