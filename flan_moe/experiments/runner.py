@@ -534,6 +534,22 @@ def run_experiment(
     return outcomes, paths
 
 
+def rebuild_report(
+    experiment: Experiment, scale: Scale, base_dir: str | os.PathLike
+) -> tuple[dict[str, Path], list[str]]:
+    """The report from the stages already finished, running nothing: (paths, names of the
+    stages not finished). Runs with a finished stage whose config changed since are marked
+    stale, as ``--keep-stale`` would; unfinished stages leave their cells missing."""
+    root = experiment_root(base_dir, experiment, scale)
+    plans = plan_experiment(experiment, scale, root)
+    stages = [stage for plan in plans for stage in plan.stages]
+    planned = pipeline.plan_pipeline(stages, root, keep_stale=True)
+    stale = {p.stage.name for p in planned if p.action == "stale"}
+    stale_runs = [p.run.label for p in plans if any(s.name in stale for s in p.stages)]
+    unfinished = [p.stage.name for p in planned if p.action == "run"]
+    return build_report(experiment, scale, plans, root, stale_runs=stale_runs), unfinished
+
+
 def dry_run(
     experiment: Experiment,
     scale: Scale,

@@ -445,3 +445,18 @@ def test_no_section_is_empty(tmp_path, runs):
     page = (out / "report.html").read_text()
     assert "No run has a checkpoint with its config." in page
     assert "No tables: no run has evaluation results." in page
+
+
+def test_report_only_rebuilds_from_finished_stages_and_runs_nothing(tmp_path, capsys):
+    from flan_moe.cli import experiment as experiment_cli
+
+    code = experiment_cli.main(
+        ["setting2", "--scale", "tiny", "--output_dir", str(tmp_path), "--report_only"]
+    )
+    printed = capsys.readouterr().out
+    root = tmp_path / "setting2_instruction_tuning" / "tiny"
+    assert code == 0 and (root / "report" / "report.html").is_file()
+    # Nothing ran: no stage folder has a DONE marker, and every stage is named as unfinished.
+    assert not list(root.glob("**/DONE.json"))
+    assert "stage(s) not finished, their cells are missing: " in printed
+    assert "flan_switch/instruction_tune" in printed
