@@ -473,7 +473,9 @@ def bar_figure(
             if value is not None:
                 xs.append(i + j * width)
                 ys.append(value)
-        ax.bar(xs, ys, width=width, label=name)
+        bars = ax.bar(xs, ys, width=width, label=name)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)  # a zero bar still shows "0.0"
+    ax.margins(y=0.12)  # room for the value labels inside the axes
     ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(group_names))])
     ax.set_xticklabels(
         [g + ("" if any(v is not None for v in groups[g].values()) else "\n(n/a)")
