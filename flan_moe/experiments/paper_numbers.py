@@ -71,10 +71,16 @@ def row_label(model: str, cells: dict) -> str:
     return f"{model}{ROW_SUFFIX[:-1]}; {where})"
 
 
+NONE_SOURCED = (
+    "The paper's own numbers: none shown for this table, as none of its cells is among the "
+    "ones we could source (flan_moe/experiments/paper_numbers.py). "
+)
+
+
 def note(rows: dict[str, dict]) -> str:
-    """The sentence under a table with paper rows (empty when it has none)."""
+    """The sentence under a table: what the paper rows are, or that there are none."""
     if not rows:
-        return ""
+        return NONE_SOURCED + UNSOURCED
     cites = sorted(
         {f"{n.model} {n.column} = {n.value:.1f} ({n.shots}-shot, {n.table}; read in {n.read_in})"
          for cells in rows.values() for n in cells.values()}

@@ -328,7 +328,7 @@ def results_table(
     notes = [SCORE_NOTE, _methods_note(cells, columns), _cap_note(cells)]
     if references:
         notes.append(_with_references(rows, cells, columns, header, selection))
-    if paper:
+    if paper is not None:  # {}: the table could have paper rows, and none is sourced
         rows += _paper_rows(paper, header)
         notes.append(paper_numbers.note(dict(paper)))
     note = " ".join(n for n in notes if n)
@@ -420,10 +420,11 @@ def ablation_table(
     method: str | None = None,
     selection: Selection = scores.VAL_ALL,
     scale: str = "",
+    paper: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Table:
     """Like ``results_table`` plus the Average's paired difference to the baseline row."""
     base = results_table(runs, shots=shots, title=title, method=method, selection=selection,
-                         scale=scale)  # fmt: skip
+                         scale=scale, paper=paper)  # fmt: skip
     by_label = {run.label: run for run in runs}
     if baseline not in by_label:
         raise ValueError(f"baseline {baseline!r} is not one of the runs {list(by_label)}")

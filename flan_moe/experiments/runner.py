@@ -472,13 +472,13 @@ def build_report(
             shots_text = "zero-shot after finetuning"
         title = f"{experiment.title} — {shots_text} ({scale.name} scale)"
         columns = report.REASONING_COLUMNS if experiment.finetune else report.HELDOUT_COLUMNS
+        paper = paper_numbers.rows_for(experiment.name, shots=shots,
+                                       columns=tuple(c for _, c in columns))  # fmt: skip
         if experiment.baseline and not experiment.finetune:
             tables.append(report.ablation_table(runs, baseline=experiment.baseline, shots=shots,
                                                 title=title, selection=selection,
-                                                scale=scale.name))  # fmt: skip
+                                                scale=scale.name, paper=paper))  # fmt: skip
         else:
-            paper = paper_numbers.rows_for(experiment.name, shots=shots,
-                                           columns=tuple(c for _, c in columns))  # fmt: skip
             tables.append(report.results_table(runs, shots=shots, title=title, columns=columns,
                                                selection=selection, scale=scale.name,
                                                paper=paper))  # fmt: skip

@@ -374,6 +374,10 @@ def test_paper_numbers_are_labelled_rows_outside_every_average(tmp_path, runs):
     # Ours stay ours: A and B have no 5-shot entries, so their cells (and averages) are missing.
     assert set(table.values()["A"].values()) == {None}
     assert "published numbers from Shen et al. 2023" in table.note and "Table 1" in table.note
+    # A table the paper has no sourced cell for says so in one line, and has no paper row.
+    ablation = report.ablation_table(runs, baseline="A", shots=0, title="t", paper={})
+    assert paper_numbers.NONE_SOURCED in ablation.note and not ablation.paper_rows
+    assert len(ablation.rows) == len(runs) + len(report.REFERENCE_ROWS)
 
 
 def test_per_task_breakdown_is_behind_a_click_with_n_and_wilson_intervals(tmp_path, runs):
