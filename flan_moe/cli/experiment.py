@@ -192,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     check_data_dir()
     if args.report_only:
+        if force:
+            raise SystemExit("--report_only runs no stage, so --force has nothing to re-run")
         paths, unfinished = runner.rebuild_report(experiment, scale, args.output_dir)
         if unfinished:
             print(f"{len(unfinished)} stage(s) not finished, their cells are missing: "
