@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export FLAN_MOE_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: run test test-slow lint format clean
+.PHONY: run test test-slow lint format clean browser
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,11 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 run: $(VENV)/.installed
 	$(PY) -m flan_moe.cli.main
 
-test: $(VENV)/.installed-dev
+# Debian's chromium for the headless-browser tests (idempotent; see the script's header).
+browser:
+	bash scripts/install_browser.sh
+
+test: $(VENV)/.installed-dev browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n 2 --durations=15
 

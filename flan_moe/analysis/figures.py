@@ -13,6 +13,7 @@ Layout rules: constrained layout, legends outside the axes, titles wrapped to th
 from __future__ import annotations
 
 import json
+import logging
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -63,7 +64,13 @@ def layout_problems(fig: Any) -> list[str]:
 
 
 def save_figure(fig: Any, path: Path) -> Path:
-    """Save (PNG, 110 dpi) and close; the one place figures are written (tests check it)."""
+    """Save (PNG, 110 dpi) and close; the one place figures are written (tests check it).
+
+    The layout is checked first (``layout_problems``: clipped texts, legends over an axes);
+    each problem is logged as a warning naming the file, so a bad figure in a pipeline run
+    shows in its stage log."""
+    for problem in layout_problems(fig):
+        logging.getLogger(__name__).warning("figure %s: %s", Path(path).name, problem)
     fig.savefig(path, dpi=110)
     _plt().close(fig)
     return path
@@ -101,7 +108,8 @@ def repeat_rates(analysis: Mapping[str, Any], path: Path) -> Path:
     plt = _plt()
     layers = analysis["layers"]
     names = sorted(layers)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(names) + 3), 3.4), layout="constrained")
+    # Wide enough that the axes keep about half the width beside the outside legend.
+    fig, ax = plt.subplots(figsize=(max(6.8, 1.2 * len(names) + 4.5), 3.4), layout="constrained")
     xs = range(len(names))
     for key, marker, colour in (
         ("first_choice", "o", "tab:blue"),
@@ -115,7 +123,8 @@ def repeat_rates(analysis: Mapping[str, Any], path: Path) -> Path:
     ax.set_xticks(list(xs))
     ax.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("consecutive token pairs (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 104)  # a rate of 100% keeps its whole marker inside the axes
+    ax.set_xlim(-0.4, len(names) - 0.6)
     ax.set_title(_title("Consecutive tokens routed to the same experts"), fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return save_figure(fig, path)

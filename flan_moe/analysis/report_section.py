@@ -80,7 +80,11 @@ def _token_tables(analysis: Mapping[str, Any]) -> str:
             )
         parts.append(
             f"<details><summary>Top tokens per expert: {html.escape(name)} (first choices)"
-            "</summary><table><tr><th>expert</th><th>by count (count)</th>"
+            "</summary><table><caption>Top tokens of each expert of "
+            f"{html.escape(name)} among the tokens it received as first choice: by count, and "
+            "by lift over the token's corpus frequency (tokens it received fewer than the "
+            "analysis' --min_count times are not ranked by lift); — = the expert received "
+            "no such token</caption><tr><th>expert</th><th>by count (count)</th>"
             "<th>by lift over corpus frequency (lift)</th></tr>"
             + "".join(rows)
             + "</table></details>"

@@ -169,6 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a role's pretrained checkpoint (orbax MODEL_DIR, HF folder, T5X directory)",
     )
     parser.add_argument("--vocabulary", default=None, help="'byte' or a SentencePiece .model")
+    parser.add_argument(
+        "--report_only",
+        action="store_true",
+        help="rebuild the report from the stages already finished; run nothing",
+    )
     args = parser.parse_args(argv)
     if args.list or not args.experiment:
         for name in settings.EXPERIMENTS:
@@ -186,6 +191,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                              keep_stale=args.keep_stale))  # fmt: skip
         return 0
     check_data_dir()
+    if args.report_only:
+        if force:
+            raise SystemExit("--report_only runs no stage, so --force has nothing to re-run")
+        paths, unfinished = runner.rebuild_report(experiment, scale, args.output_dir)
+        if unfinished:
+            print(f"{len(unfinished)} stage(s) not finished, their cells are missing: "
+                  + ", ".join(unfinished))  # fmt: skip
+        print(f"Report: {paths['report.html']}")
+        return 0
     outcomes, paths = runner.run_experiment(
         experiment,
         scale,

@@ -117,6 +117,10 @@ class Table:
     delta_columns: int = 0  # trailing columns that are deltas to the baseline
     cells: Mapping[str, Mapping[str, Cell]] = dataclasses.field(default_factory=dict)
     all_deltas: bool = False  # every column is a difference (a differences table)
+    # What a reader needs to read the numbers: scale, split, protocol, shots (`table_caption`).
+    caption: str = ""
+    paper_rows: frozenset[str] = frozenset()  # labels of the paper's own rows (paper_numbers)
+    details_html: str = ""  # per-task breakdowns, each behind a <details> click
 
     def values(self) -> dict[str, dict[str, float | None]]:
         return {label: dict(zip(self.header[1:], vals)) for label, vals in self.rows}
@@ -142,7 +146,10 @@ class Table:
         ]
 
     def markdown(self) -> str:
-        lines = [f"**{self.title}**", "", "| " + " | ".join(self.header) + " |"]
+        lines = [f"**{self.title}**", ""]
+        if self.caption:
+            lines += [f"*{self.caption}*", ""]
+        lines.append("| " + " | ".join(self.header) + " |")
         lines.append("|" + "|".join("---" for _ in self.header) + "|")
         for label, vals in self.rows:
             lines.append("| " + " | ".join([label, *self._texts(label, vals)]) + " |")
@@ -158,10 +165,10 @@ class Table:
             writer.writerow([label, *("" if v is None else f"{v:.4f}" for v in vals)])
         return buf.getvalue()
 
-    def html(self) -> str:
+    def html(self, number: int | None = None) -> str:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in self.header)
         body = "".join(
-            "<tr><td>"
+            ("<tr class='paper'><td>" if label in self.paper_rows else "<tr><td>")
             + html.escape(label)
             + "</td>"
             + "".join(f"<td>{html.escape(t)}</td>" for t in self._texts(label, vals))
@@ -169,9 +176,11 @@ class Table:
             for label, vals in self.rows
         )
         note = f"<p class='note'>{html.escape(self.note)}</p>" if self.note else ""
+        prefix = f"Table {number}. " if number is not None else ""
+        caption = f"<b>{html.escape(prefix + self.title)}.</b> {html.escape(self.caption)}"
         return (
-            f"<h3>{html.escape(self.title)}</h3><table><thead><tr>{head}</tr></thead>"
-            f"<tbody>{body}</tbody></table>{note}"
+            f"<table><caption>{caption.strip()}</caption><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table>{note}{self.details_html}"
         )
 
 
@@ -189,6 +198,68 @@ REFERENCE_ROWS = ("chance", "constant answer")
 
 def _caption(title: str, selection: Selection) -> str:
     return f"{title} [{selection.caption()}]"
+
+
+MODE_TEXT = {"direct": "direct answer", "cot": "chain of thought"}
+
+
+def _shots_text(cells: Mapping[str, Mapping[str, Cell]], columns: Columns, shots: int) -> str:
+    """Requested shots per suite and the effective mean (range over the runs) per column."""
+    if shots == 0:
+        return "Shots: zero-shot (0 requested, 0 used)."
+    requested = ", ".join(
+        dict.fromkeys(f"{f.upper()} {scores.used_shots(f, shots)}" for (f, _), _c in columns)
+    )
+    effective = []
+    for _, column in columns:
+        kept = sorted(row[column].shots[0] for row in cells.values()
+                      if column in row and row[column].shots is not None)  # fmt: skip
+        if kept:
+            low, high = kept[0], kept[-1]
+            span = f"{low:.1f}" if high - low < 0.05 else f"{low:.1f}-{high:.1f}"
+            effective.append(f"{column} {span}")
+    used = "; effective (mean exemplars kept): " + ", ".join(effective) if effective else ""
+    return f"Shots: {shots} requested (used: {requested}){used}."
+
+
+def table_caption(
+    selection: Selection,
+    columns: Columns,
+    cells: Mapping[str, Mapping[str, Cell]],
+    *,
+    shots: int,
+    scale: str = "",
+) -> str:
+    """A table's caption (printed after its title): scale, split and subsample, protocol (how each
+    column was scored: ranked / generation, direct / chain of thought) and shots (requested
+    and effective)."""
+    protocol = []
+    for (_, mode), column in columns:
+        methods = sorted({results_lib.method_label(row[column].method) for row in cells.values()
+                          if column in row and row[column].method})  # fmt: skip
+        how = "/".join(methods) if methods else "no entries"
+        protocol.append(f"{column}: {how}, {MODE_TEXT.get(mode, mode)}")
+    parts = [
+        f"Scale: {scale}." if scale else "",
+        f"Data: {selection.caption()}.",
+        "Protocol: " + "; ".join(protocol) + ".",
+        _shots_text(cells, columns, shots),
+    ]
+    return " ".join(p for p in parts if p)
+
+
+def _paper_rows(
+    paper: Mapping[str, Mapping[str, Any]], header: tuple[str, ...]
+) -> list[tuple[str, tuple[float | None, ...]]]:
+    """The paper's rows (``paper_numbers.rows_for``): its values where it reports the column,
+    missing elsewhere; no Average (it would mix reported and unreported columns)."""
+    return [
+        (
+            label,
+            tuple(None if c == "Average" or c not in row else row[c].value for c in header[1:]),
+        )
+        for label, row in paper.items()
+    ]
 
 
 def _methods_note(cells: Mapping[str, Mapping[str, Cell]], columns: Columns) -> str:
@@ -238,8 +309,14 @@ def results_table(
     columns: Columns = HELDOUT_COLUMNS,
     selection: Selection = scores.VAL_ALL,
     references: bool = True,
+    scale: str = "",
+    paper: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Table:
-    """Rows = models (+ chance, constant answer); columns e.g. MMLU-Direct, ..., Average."""
+    """Rows = models (+ chance, constant answer, + the paper's own rows from ``paper``:
+    ``paper_numbers.rows_for``); columns e.g. MMLU-Direct, ..., Average. Per-task
+    breakdowns of every run go under the table behind a click."""
+    from flan_moe.experiments import paper_numbers, report_breakdown
+
     header = ("Model", *(name for _, name in columns), "Average")
     rows, cells = [], {}
     for run in runs:
@@ -247,11 +324,20 @@ def results_table(
             run.results_files, columns, shots=shots, selection=selection, method=method
         )
         rows.append((run.label, tuple(cells[run.label][c].value for c in header[1:])))
+    caption = table_caption(selection, columns, cells, shots=shots, scale=scale)
     notes = [SCORE_NOTE, _methods_note(cells, columns), _cap_note(cells)]
     if references:
         notes.append(_with_references(rows, cells, columns, header, selection))
+    if paper is not None:  # {}: the table could have paper rows, and none is sourced
+        rows += _paper_rows(paper, header)
+        notes.append(paper_numbers.note(dict(paper)))
     note = " ".join(n for n in notes if n)
-    return Table(_caption(title, selection), header, tuple(rows), note, cells=cells)
+    details = report_breakdown.breakdown_html(
+        runs, columns, shots=shots, selection=selection, method=method
+    )
+    return Table(_caption(title, selection), header, tuple(rows), note, cells=cells,
+                 caption=caption, paper_rows=frozenset(paper or ()),
+                 details_html=details)  # fmt: skip
 
 
 def paired_cells(
@@ -301,6 +387,7 @@ def differences_table(
     title: str,
     columns: Columns = HELDOUT_COLUMNS,
     selection: Selection = scores.VAL_ALL,
+    scale: str = "",
 ) -> Table:
     """One row per stated difference "A − B" with paired-bootstrap intervals."""
     header = ("Difference", *(name for _, name in columns), "Average")
@@ -313,8 +400,15 @@ def differences_table(
         "Differences in percent points with 95% paired-bootstrap intervals (the same resampled "
         f"questions for both models); '{NOT_SIGNIFICANT}' = the interval contains 0."
     )
+    both = {}
+    for a, b in pairs:  # the protocol and shots of the compared runs' own cells
+        for run in (a, b):
+            both[run.label], _ = scores.run_cells(
+                run.results_files, columns, shots=shots, selection=selection
+            )
+    caption = table_caption(selection, columns, both, shots=shots, scale=scale)
     return Table(_caption(title, selection), header, tuple(rows), note, cells=cells,
-                 all_deltas=True)  # fmt: skip
+                 all_deltas=True, caption=caption)  # fmt: skip
 
 
 def ablation_table(
@@ -325,9 +419,12 @@ def ablation_table(
     title: str,
     method: str | None = None,
     selection: Selection = scores.VAL_ALL,
+    scale: str = "",
+    paper: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Table:
     """Like ``results_table`` plus the Average's paired difference to the baseline row."""
-    base = results_table(runs, shots=shots, title=title, method=method, selection=selection)
+    base = results_table(runs, shots=shots, title=title, method=method, selection=selection,
+                         scale=scale, paper=paper)  # fmt: skip
     by_label = {run.label: run for run in runs}
     if baseline not in by_label:
         raise ValueError(f"baseline {baseline!r} is not one of the runs {list(by_label)}")
@@ -342,8 +439,9 @@ def ablation_table(
                                  method=method)["Average"]  # fmt: skip
             cells[label][column] = delta
         rows.append((label, (*vals, None if delta is None else delta.value)))
-    return Table(base.title, (*base.header, column), tuple(rows), base.note, delta_columns=1,
-                 cells=cells)  # fmt: skip
+    return dataclasses.replace(
+        base, header=(*base.header, column), rows=tuple(rows), delta_columns=1, cells=cells
+    )
 
 
 # ----------------------------------------------------------------------------- figures
@@ -376,7 +474,9 @@ def bar_figure(
             if value is not None:
                 xs.append(i + j * width)
                 ys.append(value)
-        ax.bar(xs, ys, width=width, label=name)
+        bars = ax.bar(xs, ys, width=width, label=name)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)  # a zero bar still shows "0.0"
+    ax.margins(y=0.12)  # room for the value labels inside the axes
     ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(group_names))])
     ax.set_xticklabels(
         [g + ("" if any(v is not None for v in groups[g].values()) else "\n(n/a)")
@@ -446,6 +546,22 @@ def routing_section(runs: Sequence[Run], out: Path) -> str:
     return "<h2>Routing analysis</h2>" + "".join(parts) if parts else ""
 
 
+PAGE_CSS = (
+    "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+    "table{border-collapse:collapse;margin:0.5em 0 1em;font-size:13px}"
+    "td,th{border:1px solid #bbb;padding:3px 6px;text-align:right}"
+    "td:first-child,th:first-child{text-align:left}"
+    "caption{caption-side:top;text-align:left;font-size:14px;padding:1em 0 4px;"
+    "overflow-wrap:anywhere}"
+    "tr.paper td{background:#f3f0ff;font-style:italic}"
+    "details{margin:0.3em 0}summary{cursor:pointer;color:#225}"
+    "figure{display:inline-block;margin:0.5em;max-width:100%}"
+    "figcaption{font-size:13px;overflow-wrap:anywhere}"
+    "img{max-width:100%;height:auto}"
+    ".note{color:#555;font-size:13px}"
+)
+
+
 def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
     """Write tables (CSV + Markdown), the HTML page and a JSON of every table value."""
     out = Path(out_dir)
@@ -481,21 +597,23 @@ def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
     )
     notes_html = "".join(f"<p>{html.escape(n)}</p>" for n in report.notes)
     routing_html = routing_section(report.runs, out)
+    from flan_moe.experiments import report_models
+
+    tables_html = (
+        "<h2>Results</h2>" + "".join(t.html(i + 1) for i, t in enumerate(report.tables))
+        if report.tables
+        else "<h2>Results</h2><p class='note'>No tables: no run has evaluation results.</p>"
+    )
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
-        f"<title>{html.escape(report.title)}</title><style>"
-        "body{font-family:sans-serif;max-width:1000px;margin:2em auto}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;"
-        "padding:3px 8px;text-align:right}td:first-child{text-align:left}"
-        "figure{display:inline-block;margin:0.5em}img{max-width:640px}img.wide{max-width:100%}"
-        ".note{color:#555}"
-        "</style></head><body>"
+        f"<title>{html.escape(report.title)}</title><style>{PAGE_CSS}</style></head><body>"
         f"<h1>{html.escape(report.title)}</h1>{notes_html}"
-        "<h2>Tables</h2>"
-        + "".join(t.html() for t in report.tables)
+        + report_models.models_html(report.runs)
+        + tables_html
         + (f"<h2>Figures</h2>{figures_html}" if figures_html else "")
         + routing_html
-        + f"<h2>Runs and their configs</h2>{configs_html}</body></html>"
+        + (f"<h2>Runs and their configs</h2>{configs_html}" if configs_html else "")
+        + "</body></html>"
     )
     (out / "report.html").write_text(page)
     paths["report.html"] = out / "report.html"

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from flan_moe.experiments import figures, pipeline, report, stage_keys
+from flan_moe.experiments import figures, paper_numbers, pipeline, report, stage_keys
 from flan_moe.experiments.settings import (
     FINETUNE_TASK,
     INSTRUCTION_MIXTURE,
@@ -472,16 +472,21 @@ def build_report(
             shots_text = "zero-shot after finetuning"
         title = f"{experiment.title} — {shots_text} ({scale.name} scale)"
         columns = report.REASONING_COLUMNS if experiment.finetune else report.HELDOUT_COLUMNS
+        paper = paper_numbers.rows_for(experiment.name, shots=shots,
+                                       columns=tuple(c for _, c in columns))  # fmt: skip
         if experiment.baseline and not experiment.finetune:
             tables.append(report.ablation_table(runs, baseline=experiment.baseline, shots=shots,
-                                                title=title, selection=selection))  # fmt: skip
+                                                title=title, selection=selection,
+                                                scale=scale.name, paper=paper))  # fmt: skip
         else:
             tables.append(report.results_table(runs, shots=shots, title=title, columns=columns,
-                                               selection=selection))  # fmt: skip
+                                               selection=selection, scale=scale.name,
+                                               paper=paper))  # fmt: skip
         if pairs := report.stated_differences(runs):
             tables.append(report.differences_table(pairs, shots=shots, columns=columns,
                                                    title=f"Differences — {title}",
-                                                   selection=selection))  # fmt: skip
+                                                   selection=selection,
+                                                   scale=scale.name))  # fmt: skip
     figs = figures.draw(experiment, runs, out, few_shot=scale.few_shot, selection=selection)
     notes = (
         f"Reproduces: {experiment.paper_result}.",
@@ -527,6 +532,22 @@ def run_experiment(
     stale_runs = [p.run.label for p in plans if any(s.name in stale for s in p.stages)]
     paths = build_report(experiment, scale, plans, root, stale_runs=stale_runs)
     return outcomes, paths
+
+
+def rebuild_report(
+    experiment: Experiment, scale: Scale, base_dir: str | os.PathLike
+) -> tuple[dict[str, Path], list[str]]:
+    """The report from the stages already finished, running nothing: (paths, names of the
+    stages not finished). Runs with a finished stage whose config changed since are marked
+    stale, as ``--keep-stale`` would; unfinished stages leave their cells missing."""
+    root = experiment_root(base_dir, experiment, scale)
+    plans = plan_experiment(experiment, scale, root)
+    stages = [stage for plan in plans for stage in plan.stages]
+    planned = pipeline.plan_pipeline(stages, root, keep_stale=True)
+    stale = {p.stage.name for p in planned if p.action == "stale"}
+    stale_runs = [p.run.label for p in plans if any(s.name in stale for s in p.stages)]
+    unfinished = [p.stage.name for p in planned if p.action == "run"]
+    return build_report(experiment, scale, plans, root, stale_runs=stale_runs), unfinished
 
 
 def dry_run(

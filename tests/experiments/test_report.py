@@ -1,8 +1,10 @@
 """Tables hold exactly the results.json values; missing stays missing; the report renders."""
 
 import csv
+import dataclasses
 import html.parser
 import json
+import math
 
 import pytest
 
@@ -89,14 +91,61 @@ def test_ablation_deltas(runs):
 
 
 class _Parser(html.parser.HTMLParser):
+    """Tags, image sources, and every table: its caption text, whether it sits behind a
+    <details> click, its rows (cell texts) and the class of each row."""
+
     def __init__(self):
         super().__init__()
-        self.tags, self.images = [], []
+        self.tags, self.images, self.tables, self.sections = [], [], [], []
+        self._details = 0
+        self._table = self._row = self._text = None
 
     def handle_starttag(self, tag, attrs):
         self.tags.append(tag)
+        attrs = dict(attrs)
         if tag == "img":
-            self.images.append(dict(attrs)["src"])
+            self.images.append(attrs["src"])
+        elif tag == "details":
+            self._details += 1
+        elif tag == "table":
+            self._table = {"caption": "", "folded": self._details > 0, "rows": []}
+        elif tag == "tr" and self._table is not None:
+            self._row = {"class": attrs.get("class", ""), "cells": []}
+        elif tag in ("td", "th", "caption", "h2"):
+            self._text = []
+        if tag == "h2":
+            self.sections.append({"title": None, "content": 0})
+        elif self.sections and self.sections[-1]["title"] is not None:
+            self.sections[-1]["content"] += 1
+
+    def handle_data(self, data):
+        if self._text is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag):
+        text = "".join(self._text or []).strip()
+        if tag == "details":
+            self._details -= 1
+        elif tag == "table" and self._table is not None:
+            self.tables.append(self._table)
+            self._table = None
+        elif tag == "caption" and self._table is not None:
+            self._table["caption"] += text
+        elif tag == "tr" and self._row is not None and self._table is not None:
+            self._table["rows"].append(self._row)
+            self._row = None
+        elif tag in ("td", "th") and self._row is not None:
+            self._row["cells"].append(text)
+        elif tag == "h2":
+            self.sections[-1]["title"] = text
+        if tag in ("td", "th", "caption", "h2"):
+            self._text = None
+
+
+def _parse(path):
+    parser = _Parser()
+    parser.feed(path.read_text())
+    return parser
 
 
 @pytest.mark.parametrize("name", ["setting2", "ablation_num_experts", "ablation_data_efficiency"])
@@ -108,9 +157,9 @@ def test_report_renders_with_figures(tmp_path, runs, name):
     assert figs, "every one of these experiments draws a figure"
     tables = (report.results_table(runs, shots=0, title="held-out"),)
     paths = report.write_report(report.Report("T", tables, tuple(figs), tuple(runs)), out)
-    parser = _Parser()
-    parser.feed(paths["report.html"].read_text())
-    assert parser.tags.count("table") == 1 and "figure" in parser.tags
+    parser = _parse(paths["report.html"])
+    assert len([t for t in parser.tables if not t["folded"]]) == 1 and "figure" in parser.tags
+    assert all(t["caption"] for t in parser.tables)
     for src in parser.images:
         png = out / src
         assert png.exists() and png.stat().st_size > 1000
@@ -259,3 +308,159 @@ def test_no_routing_section_without_an_analysis(tmp_path, runs):
     paths = report.write_report(report.Report("T", (), (), tuple(runs)), out)
     page = paths["report.html"].read_text()
     assert "Routing analysis" not in page and "<h2>Figures</h2>" not in page
+
+
+# --------------------------------------------------- captions, paper rows, breakdowns, models
+
+
+def test_every_table_caption_names_scale_split_protocol_and_shots(tmp_path, runs):
+    tables = (
+        report.results_table(runs, shots=0, title="zero", scale="tiny", references=False),
+        report.differences_table([(runs[0], runs[1])], shots=0, title="diff", scale="tiny"),
+    )
+    out = tmp_path / "report"
+    parser = _parse(report.write_report(report.Report("T", tables, (), tuple(runs)), out)[
+        "report.html"])  # fmt: skip
+    top = [t for t in parser.tables if not t["folded"]]
+    assert len(top) == 2 and all(t["caption"] for t in parser.tables)
+    for number, table in enumerate(top, start=1):
+        caption = table["caption"]
+        assert caption.startswith(f"Table {number}. ")
+        assert "Scale: tiny." in caption and "MMLU val split; all examples" in caption
+        # A's entries were written with method "generation"; the modes come from the columns.
+        assert "MMLU-Direct: generation, direct answer" in caption
+        assert "MMLU-CoT: generation, chain of thought" in caption
+        assert "Shots: zero-shot (0 requested, 0 used)." in caption
+
+
+def test_few_shot_caption_gives_requested_and_effective_shots(tmp_path):
+    entries = []
+    for family, subtask, kept in (("mmlu", "anatomy", 4.0), ("bbh", "navigate", 2.5)):
+        entry = R.make_entry(checkpoint="c", suite=family, mode="direct", shots=min(5, 3 if
+                             family == "bbh" else 5), method="ranked",
+                             subtasks={subtask: R.SubtaskResult(1, 2)})  # fmt: skip
+        entries.append(dataclasses.replace(entry, metadata={"effective_shots": {"mean": kept}}))
+    path = _write(tmp_path / "r.json", entries)
+    columns = (report.HELDOUT_COLUMNS[0], report.HELDOUT_COLUMNS[2])
+    table = report.results_table([report.Run("A", (path,))], shots=5, title="five",
+                                 columns=columns, references=False, scale="small")  # fmt: skip
+    assert "Shots: 5 requested (used: MMLU 5, BBH 3)" in table.caption
+    assert "effective (mean exemplars kept): MMLU-Direct 4.0, BBH-Direct 2.5" in table.caption
+    assert "MMLU-Direct: ranked, direct answer" in table.caption
+
+
+def test_paper_numbers_are_labelled_rows_outside_every_average(tmp_path, runs):
+    from flan_moe.experiments import paper_numbers
+
+    columns = tuple(c for _, c in report.HELDOUT_COLUMNS)
+    assert paper_numbers.rows_for("setting2_instruction_tuning", shots=0, columns=columns) == {}
+    paper = paper_numbers.rows_for("setting2_instruction_tuning", shots=5, columns=columns)
+    assert paper, "setting 2 has sourced paper numbers"
+    runs_5 = [report.Run(r.label, r.results_files) for r in runs]
+    table = report.results_table(runs_5, shots=5, title="few", references=False, paper=paper)
+    out = tmp_path / "report"
+    parser = _parse(report.write_report(report.Report("T", (table,), (), tuple(runs_5)), out)[
+        "report.html"])  # fmt: skip
+    rows = {r["cells"][0]: r for t in parser.tables if not t["folded"] for r in t["rows"]}
+    for label, cells in paper.items():
+        assert "(paper, at paper scale; Table " in label  # labelled, with its table
+        row = rows[label]
+        assert row["class"] == "paper"
+        header = table.header
+        for column, number in cells.items():
+            assert number.table.startswith("Table ") and number.read_in
+            assert row["cells"][header.index(column)] == f"{number.value:.1f}"
+        assert row["cells"][header.index("Average")] == report.MISSING  # never averaged
+    # Ours stay ours: A and B have no 5-shot entries, so their cells (and averages) are missing.
+    assert set(table.values()["A"].values()) == {None}
+    assert "published numbers from Shen et al. 2023" in table.note and "Table 1" in table.note
+    # A table the paper has no sourced cell for says so in one line, and has no paper row.
+    ablation = report.ablation_table(runs, baseline="A", shots=0, title="t", paper={})
+    assert paper_numbers.NONE_SOURCED in ablation.note and not ablation.paper_rows
+    assert len(ablation.rows) == len(runs) + len(report.REFERENCE_ROWS)
+
+
+def test_per_task_breakdown_is_behind_a_click_with_n_and_wilson_intervals(tmp_path, runs):
+    from flan_moe.experiments import report_breakdown
+
+    # Wilson score interval by hand: p = 1/4, n = 4, z = 1.959964.
+    z, n, phat = 1.959964, 4, 0.25
+    centre = (phat + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    low, high = report_breakdown.wilson_interval(1, 4)
+    assert low == pytest.approx(100 * (centre - half), abs=1e-4)
+    assert high == pytest.approx(100 * (centre + half), abs=1e-4)
+
+    table = report.results_table(runs, shots=0, title="zero", references=False)
+    out = tmp_path / "report"
+    parser = _parse(report.write_report(report.Report("T", (table,), (), tuple(runs)), out)[
+        "report.html"])  # fmt: skip
+    folded = [t for t in parser.tables if t["folded"]]
+    # A: 4 columns, B: only MMLU-Direct (its missing columns are named, not shown empty).
+    assert len(folded) == 5 and all(t["caption"] for t in folded)
+    a_mmlu = next(t for t in folded if t["caption"].startswith("A, MMLU-Direct"))
+    subjects = {r["cells"][0]: r["cells"] for r in a_mmlu["rows"][1:]}
+    assert len(subjects) == 57
+    assert subjects["anatomy"][1:4] == ["4", "25.0", f"[{low:.1f}, {high:.1f}]"]
+    a_bbh = next(t for t in folded if t["caption"].startswith("A, BBH-Direct"))
+    assert len(a_bbh["rows"]) - 1 == len(R.BBH_FILES)
+    assert (
+        "No results.json entry for: MMLU-CoT, BBH-Direct, BBH-CoT."
+        in (out / "report.html").read_text()
+    )
+
+
+def test_models_table_reads_each_checkpoints_config(tmp_path, runs):
+    from flan_moe.experiments import report_models
+    from flan_moe.model.config import SIZES
+    from flan_moe.model.flops import model_cost
+
+    config = SIZES["switch_tiny_8"]
+    model_dir = tmp_path / "model"
+    (model_dir / "checkpoint_7" / "metadata").mkdir(parents=True)
+    (model_dir / "checkpoint_7" / "metadata" / "metadata").write_text(
+        json.dumps({"model_config": config.to_dict(), "step": 7})
+    )
+    (model_dir / "results.json").write_text("[]")
+    a = report.Run("A", (str(model_dir / "results.json"),))
+    page = report_models.models_html([a, runs[1]])
+    cost = model_cost(config, input_length=512, target_length=128)
+    parser = _Parser()
+    parser.feed(page)
+    (table,) = parser.tables
+    assert "Counting convention" in table["caption"] and "512 input / 128 target" in page
+    assert table["rows"][1]["cells"] == [
+        "A", "switch_tiny_8", "8", report_models.si(cost.total_params),
+        report_models.si(cost.active_params), report_models.si(cost.encoder_flops_per_token),
+        report_models.si(cost.decoder_flops_per_token),
+    ]  # fmt: skip
+    assert "No checkpoint config found for: B." in page
+    assert report_models.si(61952) == "62K" and report_models.si(1.5e9) == "1.5G"
+
+
+def test_no_section_is_empty(tmp_path, runs):
+    """Every <h2> is followed by content; a section with no data says why in one line."""
+    out = tmp_path / "report"
+    parser = _parse(report.write_report(report.Report("T", (), (), tuple(runs)), out)[
+        "report.html"])  # fmt: skip
+    titles = [s["title"] for s in parser.sections]
+    assert titles == ["Models", "Results", "Runs and their configs"]
+    assert all(s["content"] > 0 for s in parser.sections)
+    page = (out / "report.html").read_text()
+    assert "No run has a checkpoint with its config." in page
+    assert "No tables: no run has evaluation results." in page
+
+
+def test_report_only_rebuilds_from_finished_stages_and_runs_nothing(tmp_path, capsys):
+    from flan_moe.cli import experiment as experiment_cli
+
+    code = experiment_cli.main(
+        ["setting2", "--scale", "tiny", "--output_dir", str(tmp_path), "--report_only"]
+    )
+    printed = capsys.readouterr().out
+    root = tmp_path / "setting2_instruction_tuning" / "tiny"
+    assert code == 0 and (root / "report" / "report.html").is_file()
+    # Nothing ran: no stage folder has a DONE marker, and every stage is named as unfinished.
+    assert not list(root.glob("**/DONE.json"))
+    assert "stage(s) not finished, their cells are missing: " in printed
+    assert "flan_switch/instruction_tune" in printed
