@@ -63,7 +63,7 @@ from flan_moe.training.model_dir_lock import model_dir_lock
 from flan_moe.training.optimizers import OptimizerConfig
 from flan_moe.training.summaries import MetricAverager, Progress, SummaryWriter, flatten_metrics
 from flan_moe.training.train_state import TrainState
-from flan_moe.training.trainer import Trainer
+from flan_moe.training.trainer import TRAINER_CACHE, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ def _train_locked(
 ) -> TrainResult:
     cfg = train_config
     if trainer is None:
-        trainer = Trainer(
+        trainer = TRAINER_CACHE.get_or_build(
             model_config=model_config,
             optimizer_config=optimizer_config,
             loss_config=loss_config,

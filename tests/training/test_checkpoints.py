@@ -18,7 +18,7 @@ from flan_moe.training.checkpoints import (
 from flan_moe.training.loop import TrainConfig, train
 from flan_moe.training.optimizers import OptimizerConfig
 from flan_moe.training.synthetic import synthetic_batches
-from flan_moe.training.trainer import Trainer
+from flan_moe.training.trainer import TRAINER_CACHE
 
 LENGTHS = {"inputs": 12, "targets": 6}
 # Dropout on, so the resumed run must also continue the RNG stream.
@@ -36,7 +36,7 @@ def _factory(start):
 @pytest.fixture(scope="module")
 def trainer():
     mesh = partitioning.make_mesh(data=1, devices=jax.devices()[:1])
-    return Trainer(model_config=CONFIG, optimizer_config=OPT, mesh=mesh)
+    return TRAINER_CACHE.get_or_build(model_config=CONFIG, optimizer_config=OPT, mesh=mesh)
 
 
 def _train(trainer, model_dir, steps, **kwargs):

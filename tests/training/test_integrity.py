@@ -16,14 +16,16 @@ from flan_moe.training.checkpoints import Checkpointer, latest_checkpoint, load_
 from flan_moe.training.integrity import CheckpointDamagedError
 from flan_moe.training.loop import NonFiniteLossError, TrainConfig, train
 from flan_moe.training.model_dir_lock import ModelDirLockedError, model_dir_lock
-from flan_moe.training.trainer import Trainer
+from flan_moe.training.trainer import TRAINER_CACHE
 from tests.training.test_checkpoints import CONFIG, META, OPT, _assert_bitwise_equal, _factory
 
 
 @pytest.fixture(scope="module")
 def trainer():
     mesh = partitioning.make_mesh(data=1, devices=jax.devices()[:1])
-    return Trainer(model_config=CONFIG, optimizer_config=OPT, mesh=mesh)  # cached: shared
+    return TRAINER_CACHE.get_or_build(
+        model_config=CONFIG, optimizer_config=OPT, mesh=mesh
+    )  # shared
 
 
 def _train(trainer, model_dir, steps, **kwargs):
