@@ -39,10 +39,13 @@ def trainer():
     return TRAINER_CACHE.get_or_build(model_config=CONFIG, optimizer_config=OPT, mesh=mesh)
 
 
-def _train(trainer, model_dir, steps, **kwargs):
+def _train(trainer, model_dir, steps, *, log_every=50, **kwargs):
+    config = TrainConfig(
+        train_steps=steps, batch_size=8, checkpoint_every=2, log_every=log_every, seed=7
+    )
     return train(
         model_config=CONFIG,
-        train_config=TrainConfig(train_steps=steps, batch_size=8, checkpoint_every=2, seed=7),
+        train_config=config,
         optimizer_config=OPT,
         iterator_factory=_factory,
         model_dir=str(model_dir),
