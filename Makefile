@@ -6,7 +6,7 @@ export FLAN_MOE_DATA_DIR ?= $(CURDIR)/data
 
 .PHONY: run test test-slow lint format clean browser
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt

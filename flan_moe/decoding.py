@@ -278,64 +278,40 @@ def beam_search(
     reorder = reorder_cache or (lambda c, idx: gather_beams(c, idx, n))
     batch_offsets = (jnp.arange(b, dtype=jnp.int32) * k)[:, None]  # [b, 1]
 
-    def take(x: Array, idx: Array) -> Array:
-        """x [b, m, ...] gathered at idx [b, j] along axis 1."""
-        idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
-        return jnp.take_along_axis(x, idx, axis=1)
+    def cond(state: dict) -> Array:
+        return (state["i"] < t) & ~jnp.all(_beams_done(state, t, alpha))
 
-    def cond(state):
-        i = state["i"]
-        # Best score any alive hypothesis could still reach (log-probs only fall; the penalty
-        # grows with length, at most to length_penalty(t)).
-        best_possible = state["alive_logp"][:, 0] / length_penalty(t, alpha)
-        worst_finished = state["fin_score"][:, -1]
-        done = (worst_finished > best_possible) | ~state["active"]
-        return (i < t) & ~jnp.all(done)
-
-    def body(state):
+    def body(state: dict) -> dict:
         i = state["i"]
         last = state["alive_seq"][:, :, jnp.maximum(i - 1, 0)]
         last = jnp.where(i == 0, start_id, last).reshape(n, 1)
         log_probs, cache_ = step_fn(last, state["cache"])
-        v = log_probs.shape[-1]
-        cand = state["alive_logp"][:, :, None] + log_probs.reshape(b, k, v)  # [b, k, v]
-        top_logp, top_idx = jax.lax.top_k(cand.reshape(b, k * v), 2 * k)  # [b, 2k]
-        top_beam = top_idx // v
-        top_tok = (top_idx % v).astype(jnp.int32)
-        top_seq = take(state["alive_seq"], top_beam)  # [b, 2k, t]
-        top_seq = jax.lax.dynamic_update_slice(top_seq, top_tok[:, :, None], (0, 0, i))
-        is_eos = top_tok == eos_id
-        last_step = i + 1 == t
-        rank = jnp.arange(2 * k)[None, :]
-        # Finished candidates: EOS ones that rank in the top k, or every top-k one at the end.
-        ends = (is_eos | last_step) & (rank < k)
-        cand_score = jnp.where(ends, top_logp / length_penalty(i + 1, alpha), NEG_INF)
-        pool_score = jnp.concatenate([state["fin_score"], cand_score], axis=1)
-        pool_seq = jnp.concatenate([state["fin_seq"], top_seq], axis=1)
-        pool_logp = jnp.concatenate([state["fin_logp"], top_logp], axis=1)
-        fin_score, fin_idx = jax.lax.top_k(pool_score, k)
-        # Alive: the best k candidates that did not end in EOS.
-        alive_key = jnp.where(is_eos, NEG_INF + top_logp, top_logp)
-        _, alive_idx = jax.lax.top_k(alive_key, k)
-        alive_logp = jnp.where(
-            take(is_eos, alive_idx), NEG_INF, take(top_logp, alive_idx)
-        )  # only when fewer than k non-EOS candidates exist (v tiny)
-        alive_beam = take(top_beam, alive_idx)
-        cache_ = reorder(cache_, (batch_offsets + alive_beam).reshape(n))
+        top_logp, top_beam, top_seq, is_eos = _top_candidates(
+            state, log_probs.reshape(b, k, -1), eos_id
+        )
+        finished = _update_finished(state, top_seq, top_logp, is_eos, t=t, alpha=alpha)
+        alive_seq, alive_logp, alive_beam = _next_alive(top_seq, top_logp, top_beam, is_eos)
         return {
             "i": i + 1,
-            "alive_seq": take(top_seq, alive_idx),
+            "alive_seq": alive_seq,
             "alive_logp": alive_logp,
-            "fin_seq": take(pool_seq, fin_idx),
-            "fin_score": fin_score,
-            "fin_logp": take(pool_logp, fin_idx),
-            "cache": cache_,
+            **finished,
+            "cache": reorder(cache_, (batch_offsets + alive_beam).reshape(n)),
             "active": state["active"],
         }
 
+    state = jax.lax.while_loop(cond, body, _initial_beams(cache, b, k, t, pad_id, active))
+    # Tokens after EOS are pad by construction (sequences stop being extended at EOS).
+    return BeamOutput(state["fin_seq"], state["fin_score"], state["fin_logp"])
+
+
+def _initial_beams(
+    cache: Cache, b: int, k: int, t: int, pad_id: int, active: Array | None
+) -> dict[str, Any]:
+    """The loop state: alive [b, k] and finished [b, k] hypotheses, the step, the cache."""
     # Only beam 0 is live at the start, so the k beams do not all extend the same prefix.
     alive_logp0 = jnp.where(jnp.arange(k) == 0, 0.0, NEG_INF)
-    state = {
+    return {
         "i": jnp.array(0, jnp.int32),
         "alive_seq": jnp.full((b, k, t), pad_id, jnp.int32),
         "alive_logp": jnp.broadcast_to(alive_logp0, (b, k)).astype(jnp.float32),
@@ -345,9 +321,72 @@ def beam_search(
         "cache": cache,
         "active": jnp.ones((b,), bool) if active is None else jnp.asarray(active, bool),
     }
-    state = jax.lax.while_loop(cond, body, state)
-    # Tokens after EOS are pad by construction (sequences stop being extended at EOS).
-    return BeamOutput(state["fin_seq"], state["fin_score"], state["fin_logp"])
+
+
+def _take_beams(x: Array, idx: Array) -> Array:
+    """x [b, m, ...] gathered at idx [b, j] along axis 1."""
+    idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
+    return jnp.take_along_axis(x, idx, axis=1)
+
+
+def _beams_done(state: dict[str, Any], t: int, alpha: float) -> Array:
+    """[b]: no alive hypothesis can still beat the worst finished one (or batch padding)."""
+    # Best score any alive hypothesis could still reach (log-probs only fall; the penalty
+    # grows with length, at most to length_penalty(t)).
+    best_possible = state["alive_logp"][:, 0] / length_penalty(t, alpha)
+    worst_finished = state["fin_score"][:, -1]
+    return (worst_finished > best_possible) | ~state["active"]
+
+
+def _top_candidates(
+    state: dict[str, Any], log_probs: Array, eos_id: int
+) -> tuple[Array, Array, Array, Array]:
+    """The 2k best one-token extensions of the k alive beams (log_probs [b, k, v]):
+    their log-probs, source beams, sequences [b, 2k, t] and whether they end in EOS."""
+    b, k, v = log_probs.shape
+    i = state["i"]
+    cand = state["alive_logp"][:, :, None] + log_probs  # [b, k, v]
+    top_logp, top_idx = jax.lax.top_k(cand.reshape(b, k * v), 2 * k)  # [b, 2k]
+    top_beam = top_idx // v
+    top_tok = (top_idx % v).astype(jnp.int32)
+    top_seq = _take_beams(state["alive_seq"], top_beam)  # [b, 2k, t]
+    top_seq = jax.lax.dynamic_update_slice(top_seq, top_tok[:, :, None], (0, 0, i))
+    return top_logp, top_beam, top_seq, top_tok == eos_id
+
+
+def _update_finished(
+    state: dict[str, Any], top_seq: Array, top_logp: Array, is_eos: Array, *, t: int, alpha: float
+) -> dict[str, Array]:
+    """The k best of the finished pool and the candidates that end now: EOS ones that
+    rank in the top k, or every top-k one at the last step (scored with the length
+    penalty)."""
+    i = state["i"]
+    k = state["fin_score"].shape[1]
+    rank = jnp.arange(2 * k)[None, :]
+    ends = (is_eos | (i + 1 == t)) & (rank < k)
+    cand_score = jnp.where(ends, top_logp / length_penalty(i + 1, alpha), NEG_INF)
+    pool_score = jnp.concatenate([state["fin_score"], cand_score], axis=1)
+    pool_seq = jnp.concatenate([state["fin_seq"], top_seq], axis=1)
+    pool_logp = jnp.concatenate([state["fin_logp"], top_logp], axis=1)
+    fin_score, fin_idx = jax.lax.top_k(pool_score, k)
+    return {
+        "fin_seq": _take_beams(pool_seq, fin_idx),
+        "fin_score": fin_score,
+        "fin_logp": _take_beams(pool_logp, fin_idx),
+    }
+
+
+def _next_alive(
+    top_seq: Array, top_logp: Array, top_beam: Array, is_eos: Array
+) -> tuple[Array, Array, Array]:
+    """The best k candidates that did not end in EOS: sequences, log-probs, source beams."""
+    k = top_seq.shape[1] // 2
+    alive_key = jnp.where(is_eos, NEG_INF + top_logp, top_logp)
+    _, alive_idx = jax.lax.top_k(alive_key, k)
+    alive_logp = jnp.where(
+        _take_beams(is_eos, alive_idx), NEG_INF, _take_beams(top_logp, alive_idx)
+    )  # only when fewer than k non-EOS candidates exist (v tiny)
+    return _take_beams(top_seq, alive_idx), alive_logp, _take_beams(top_beam, alive_idx)
 
 
 def repeat_beams(x: Array, beam_size: int) -> Array:

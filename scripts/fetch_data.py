@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import io
 import json
 import os
@@ -40,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flan_moe.data.heldout import BBH_FILES, MMLU_SUBJECTS  # noqa: E402
 from flan_moe.data.records import COT_DATASETS as COT_FILES  # noqa: E402
 from flan_moe.data.records import MINI_DATASETS as MINI_TRAIN  # noqa: E402
+from flan_moe.training.integrity import file_sha256  # noqa: E402
 
 MINI_HELDOUT = ("gsm8k_test", "svamp")
 # Expected record counts (from the data README) for a layout check.
@@ -167,21 +167,13 @@ def verify_layout(root: Path) -> dict[str, int]:
     return counts
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def checksums(root: Path) -> dict[str, str]:
-    return {p: sha256(root / p) for p in expected_files()}
+    return {p: file_sha256(root / p) for p in expected_files()}
 
 
 def verify_checksums(root: Path, manifest_path: Path) -> None:
     expected = json.loads(manifest_path.read_text("utf-8"))
-    bad = [p for p, digest in expected.items() if sha256(root / p) != digest]
+    bad = [p for p, digest in expected.items() if file_sha256(root / p) != digest]
     if bad:
         raise ValueError(f"{len(bad)} files fail their SHA-256 check (first: {bad[:5]})")
 

@@ -1,4 +1,9 @@
-"""SeqIO registries. ``import tasks`` registers every task and mixture (reads no data file).
+"""SeqIO registries; importing the package registers every task and mixture (reads no data file).
+
+Installed as ``flan_moe_tasks`` (not the generic top-level name ``tasks``); load it with
+``flan_moe.cli.task_registry.register_tasks()``, which works from an installed wheel and
+from a checkout alike. Imports inside the package are relative, so it works under
+either name.
 
 - ``tasks.local_flan``: the local FLAN mix (``flan_mini.*``, ``flan_cot.*``, ``flan_mini``,
   ``flan_cot``, ``flan_local``, ``flan2022_local``).
@@ -14,7 +19,7 @@
 Names are documented in WORKSPACE.md.
 """
 
-from tasks import flan2022_exports, flan_collection, heldout, local_flan, pretraining
+from . import flan2022_exports, flan_collection, heldout, local_flan, pretraining
 
 local_flan.register()
 heldout.register()

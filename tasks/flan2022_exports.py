@@ -35,7 +35,12 @@ import seqio
 import tensorflow as tf
 
 from flan_moe.data import paths
-from flan_moe.data.seqio_glue import TEXT_PREPROCESSORS, TEXT_SIGNATURE, output_features
+from flan_moe.data.seqio_glue import (
+    TEXT_PREPROCESSORS,
+    TEXT_SIGNATURE,
+    StreamingSource,
+    output_features,
+)
 
 SOURCES = ("flan2021", "t0", "niv2", "cot", "dialog")
 TEMPLATE_TYPES = ("zs_opt", "zs_noopt", "fs_opt", "fs_noopt")
@@ -137,22 +142,13 @@ def stream_examples(source: str, template_type: str, seed: int | None) -> Iterat
                 }
 
 
-class ExportSource(seqio.DataSource):
-    """A streaming source over the export files of one (source, template type)."""
+class ExportSource(StreamingSource):
+    """A streaming source over the export files of one (source, template type); its size
+    is unknown without reading every file."""
 
     def __init__(self, source: str, template_type: str) -> None:
         super().__init__(splits=("train",), caching_permitted=False)
         self._source, self._template_type = source, template_type
-
-    @property
-    def supports_arbitrary_sharding(self) -> bool:
-        return True
-
-    def list_shards(self, split: str) -> list[str]:
-        return [split]
-
-    def num_input_examples(self, split: str) -> int | None:
-        return None  # unknown without reading every file
 
     def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, **kwargs):
         del kwargs

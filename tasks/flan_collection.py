@@ -33,7 +33,8 @@ import tensorflow_datasets as tfds
 from flan_moe.data import templates
 from flan_moe.data.records import Record, stable_hash
 from flan_moe.data.seqio_glue import TEXT_PREPROCESSORS, output_features
-from tasks import local_flan
+
+from . import local_flan
 
 EXAMPLE_CAP = 30000
 # Checked before reading (seqio would otherwise try to download and prepare the dataset);

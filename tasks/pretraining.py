@@ -21,7 +21,8 @@ import tensorflow as tf
 from flan_moe.data import records as rec
 from flan_moe.data.seqio_glue import generator_source, output_features, shuffled_order
 from flan_moe.data.span_corruption import SENTINEL_IDS, span_corruption
-from tasks.flan_collection import MissingTfdsSource
+
+from .flan_collection import MissingTfdsSource
 
 C4_TASK = "c4_span_corruption"
 LOCAL_CORPUS_TASK = "local_corpus_span_corruption"

@@ -30,6 +30,18 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The held-out evaluation data (MMLU val, BBH): $FLAN_MOE_DATA_DIR, else ../shared/data.
+
+    Skips (with the reason) when it is absent.
+    """
+    d = Path(os.environ.get("FLAN_MOE_DATA_DIR") or _DEFAULT_DATA)
+    if not (d / "mmlu" / "val").is_dir() or not (d / "bbh" / "bbh").is_dir():
+        pytest.skip(f"real data not found at {d}: set FLAN_MOE_DATA_DIR")
+    return d
+
+
+@pytest.fixture(scope="session")
 def sentencepiece_model(data_dir, tmp_path_factory) -> Path:
     """A 400-piece SentencePiece model trained on the local training data, once per session.
 

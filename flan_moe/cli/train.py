@@ -151,7 +151,10 @@ def _iterator_factory(
         )
 
     def factory(start: int):
+        from flan_moe.cli.task_registry import register_tasks
         from flan_moe.data.iterators import make_train_iterator  # TensorFlow: only here
+
+        register_tasks()
 
         iterator = make_train_iterator(
             name,

@@ -235,7 +235,9 @@ def check_mixture(name: str) -> None:
     import_tensorflow_quietly()
     import seqio
 
-    import tasks  # noqa: F401  (registers every task and mixture)
+    from flan_moe.cli.task_registry import register_tasks
+
+    register_tasks()
 
     known = [*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names(), SYNTHETIC_NAME]
     check_choice(

@@ -75,20 +75,16 @@ class TruncationStats:
             }
 
 
-def _ensure_registered() -> None:
-    import tasks  # noqa: F401  (registers every task and mixture on import)
-
-
 def resolve_name(mixture_or_task_name: str, vocabulary: str = BYTE_SPEC) -> str:
     """The registered name to read; for a non-default vocabulary, a re-vocabbed copy."""
-    _ensure_registered()
     try:
         seqio.get_mixture_or_task(mixture_or_task_name)
     except ValueError as e:
         raise ValueError(
             f"Unknown task or mixture {mixture_or_task_name!r}. Registered names are listed in "
             "WORKSPACE.md (e.g. 'flan_local', 'flan2022_local', 'flan_mini', 'flan_cot'); "
-            "check MIXTURE_OR_TASK_NAME."
+            "check MIXTURE_OR_TASK_NAME. Tasks are registered by the caller: "
+            "flan_moe.cli.task_registry.register_tasks() (every CLI calls it)."
         ) from e
     if vocabulary == BYTE_SPEC:
         return mixture_or_task_name

@@ -51,7 +51,22 @@ def output_features(spec: str = BYTE_SPEC, extra_ids: int = 0) -> dict[str, seqi
     }
 
 
-class PythonSource(seqio.DataSource):
+class StreamingSource(seqio.DataSource):
+    """A source that streams its examples: one shard per split (sharded by taking every
+    ``num_shards``-th example), and no example count until it has been read."""
+
+    @property
+    def supports_arbitrary_sharding(self) -> bool:
+        return True
+
+    def list_shards(self, split: str) -> list[str]:
+        return [split]
+
+    def num_input_examples(self, split: str) -> int | None:
+        return None
+
+
+class PythonSource(StreamingSource):
     """A SeqIO source over a pure-Python generator ``make_examples(split, shuffle, seed)``.
 
     The Python side reads files lazily (only when a dataset is built), so registering tasks
@@ -70,16 +85,6 @@ class PythonSource(seqio.DataSource):
         super().__init__(splits=splits, caching_permitted=False, performs_internal_shuffling=True)
         self._make_examples = make_examples
         self._signature = dict(signature)
-
-    @property
-    def supports_arbitrary_sharding(self) -> bool:
-        return True
-
-    def list_shards(self, split: str) -> list[str]:
-        return [split]
-
-    def num_input_examples(self, split: str) -> int | None:
-        return None
 
     def get_dataset(
         self,

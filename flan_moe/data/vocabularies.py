@@ -56,15 +56,8 @@ def _cut_at_eos(ids: Iterable[int], eos_id: int) -> list[int]:
     return out
 
 
-class ByteVocabulary:
-    """UTF-8 bytes shifted by the 3 special ids (pad 0, eos 1, unk 2); no extra ids."""
-
-    spec = BYTE_SPEC
-    _NUM_SPECIAL = 3
-
-    @property
-    def vocab_size(self) -> int:
-        return 256 + self._NUM_SPECIAL
+class _T5SpecialIds:
+    """Pad 0 and EOS 1 (T5's convention), the same in every vocabulary here."""
 
     @property
     def pad_id(self) -> int:
@@ -73,6 +66,17 @@ class ByteVocabulary:
     @property
     def eos_id(self) -> int:
         return EOS_ID
+
+
+class ByteVocabulary(_T5SpecialIds):
+    """UTF-8 bytes shifted by the 3 special ids (pad 0, eos 1, unk 2); no extra ids."""
+
+    spec = BYTE_SPEC
+    _NUM_SPECIAL = 3
+
+    @property
+    def vocab_size(self) -> int:
+        return 256 + self._NUM_SPECIAL
 
     @property
     def unk_id(self) -> int:
@@ -100,7 +104,7 @@ class ByteVocabulary:
         return "ByteVocabulary()"
 
 
-class SentencePieceVocabulary:
+class SentencePieceVocabulary(_T5SpecialIds):
     """A SentencePiece model file, via the ``sentencepiece`` package (loaded lazily)."""
 
     def __init__(self, path: str) -> None:
@@ -129,14 +133,6 @@ class SentencePieceVocabulary:
     @property
     def vocab_size(self) -> int:
         return int(self._processor.GetPieceSize())
-
-    @property
-    def pad_id(self) -> int:
-        return PAD_ID
-
-    @property
-    def eos_id(self) -> int:
-        return EOS_ID
 
     @property
     def unk_id(self) -> int:

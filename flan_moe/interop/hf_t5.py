@@ -109,6 +109,15 @@ def norm_params(sd: StateDict, key: str, config: ModelConfig) -> Params:
 MlpConverter = Callable[[StateDict, str, int, bool], tuple[str, Params]]
 
 
+def _stack_params(sd: StateDict, stack: str, config: ModelConfig) -> Params:
+    """A stack's shared params: its relative position bias (held by block 0) and final norm."""
+    key = f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+    return {
+        "relpos_bias": {"rel_embedding": hf_tensor(sd, key)},
+        f"{stack}_norm": norm_params(sd, f"{stack}.final_layer_norm.weight", config),
+    }
+
+
 def dense_mlp(config: ModelConfig) -> MlpConverter:
     """The feed-forward converter for dense T5 layers: HF ``DenseReluDense`` -> ``mlp``."""
 
@@ -131,14 +140,7 @@ def params_from_hf_t5(
     feed_forward = feed_forward or dense_mlp(config)
     params: Params = {"token_embedder": {"embedding": hf_tensor(sd, "shared.weight")}}
 
-    encoder: Params = {
-        "relpos_bias": {
-            "rel_embedding": hf_tensor(
-                sd, "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
-            )
-        },
-        "encoder_norm": norm_params(sd, "encoder.final_layer_norm.weight", config),
-    }
+    encoder = _stack_params(sd, "encoder", config)
     for i in range(config.num_encoder_layers):
         p = f"encoder.block.{i}.layer"
         name, ff = feed_forward(sd, f"{p}.1", i, False)
@@ -150,14 +152,7 @@ def params_from_hf_t5(
         }
     params["encoder"] = encoder
 
-    decoder: Params = {
-        "relpos_bias": {
-            "rel_embedding": hf_tensor(
-                sd, "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
-            )
-        },
-        "decoder_norm": norm_params(sd, "decoder.final_layer_norm.weight", config),
-    }
+    decoder = _stack_params(sd, "decoder", config)
     for i in range(config.num_decoder_layers):
         p = f"decoder.block.{i}.layer"
         name, ff = feed_forward(sd, f"{p}.2", i, True)

@@ -117,6 +117,12 @@ class MoeConfig:
     expert_mlp_dim: int | None = None
 
     def __post_init__(self) -> None:
+        self._check_routing()
+        self._check_loss_options()
+        self._check_sizes()
+
+    def _check_routing(self) -> None:
+        """Router types, k, dispatch path and dropless fit together."""
         if self.num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {self.num_experts}")
         if self.decoder_router == "experts_choose":
@@ -138,6 +144,16 @@ class MoeConfig:
                 "dropless=True needs tokens-choose routing: expert choice always has a "
                 "capacity (each expert takes its top-capacity tokens). Set dropless=False."
             )
+        if self.dispatch not in ("einsum", "gather"):
+            raise ValueError(f"dispatch must be 'einsum' or 'gather', got {self.dispatch!r}")
+        if self.encoder_router not in ("tokens_choose", "experts_choose"):
+            raise ValueError(
+                f"encoder_router must be 'tokens_choose' or 'experts_choose', "
+                f"got {self.encoder_router!r}"
+            )
+
+    def _check_loss_options(self) -> None:
+        """Load-balancing pooling and the flaxformer / Hugging Face convention switches."""
         if self.load_balancing_pooling not in ("layer", "stack"):
             raise ValueError(
                 "load_balancing_pooling must be 'layer' or 'stack', "
@@ -162,13 +178,9 @@ class MoeConfig:
                 "router_loss_combination='sum_of_stack_means'; the t5x mean over layers "
                 "uses per-layer losses"
             )
-        if self.dispatch not in ("einsum", "gather"):
-            raise ValueError(f"dispatch must be 'einsum' or 'gather', got {self.dispatch!r}")
-        if self.encoder_router not in ("tokens_choose", "experts_choose"):
-            raise ValueError(
-                f"encoder_router must be 'tokens_choose' or 'experts_choose', "
-                f"got {self.encoder_router!r}"
-            )
+
+    def _check_sizes(self) -> None:
+        """Counts, capacities, coefficients and rates in range."""
         positive = ("num_selected_experts", "max_group_size", "num_groups_multiple")
         positive += ("num_expert_replicas",)
         positive += ("sparse_interval", "expert_granularity")
@@ -319,20 +331,21 @@ class ModelConfig:
 # T5 v1.1 (gated-GELU, untied head, vocab 32128); dims from the t5x t5_1_1 configs.
 _T5_1_1 = dict(vocab_size=32128, head_dim=64, mlp_activation="gated-gelu", tie_embeddings=False)
 
+# For CPU tests and smoke runs (``tiny`` and the sparse ``*_tiny`` sizes): a byte
+# vocabulary fits in 512 ids.
+_TINY = dict(
+    vocab_size=512,
+    d_model=32,
+    num_heads=4,
+    head_dim=8,
+    d_ff=64,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
+    dropout_rate=0.0,
+)
+
 SIZES: dict[str, ModelConfig] = {
-    # For CPU tests and smoke runs: a byte vocabulary fits in 512 ids.
-    "tiny": ModelConfig(
-        name="tiny",
-        vocab_size=512,
-        d_model=32,
-        num_heads=4,
-        head_dim=8,
-        d_ff=64,
-        num_encoder_layers=2,
-        num_decoder_layers=2,
-        mlp_activation="gated-gelu",
-        dropout_rate=0.0,
-    ),
+    "tiny": ModelConfig(name="tiny", mlp_activation="gated-gelu", **_TINY),
     "small": ModelConfig(name="small", d_model=512, num_heads=6, d_ff=1024,
                          num_encoder_layers=8, num_decoder_layers=8, **_T5_1_1),
     "base": ModelConfig(name="base", d_model=768, num_heads=12, d_ff=2048,
@@ -370,16 +383,6 @@ _T5_1_1_BASE = dict(
     d_model=768, num_heads=12, d_ff=2048, num_encoder_layers=12, num_decoder_layers=12,
     **_T5_1_1, **_PAPER_INIT,
 )  # fmt: skip
-_TINY = dict(
-    vocab_size=512,
-    d_model=32,
-    num_heads=4,
-    head_dim=8,
-    d_ff=64,
-    num_encoder_layers=2,
-    num_decoder_layers=2,
-    dropout_rate=0.0,
-)
 
 _SWITCH = MoeConfig(
     num_experts=8,

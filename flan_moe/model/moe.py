@@ -5,21 +5,31 @@ Einsum / shape legend:
   g group, s token within a group, e expert, c capacity slot, k a token's choice,
   n routed assignments (dropless).
 
-Flow of ``MoeBlock`` (tokens [b, l, d] -> [b, l, d]):
+Flow of ``MoeBlock`` (tokens [b, l, d] -> [b, l, d]), one named piece per step:
 
-1. group: flatten batch and length and split into g groups of s tokens (``num_groups``);
-2. route (float32, ``flan_moe.model.routing``): router logits [g, s, e] -> ``Routing``;
-   sow the unweighted load-balancing / z losses and routing statistics;
-3. dispatch -> expert compute -> combine, by one of three paths:
+1. group (``routing.group_tokens``): flatten batch and length and split into g groups
+   of s tokens (``routing.group_count``), with their validity mask;
+2. route (float32): router logits [g, s, e] (``routing.RouterWeights``) -> the layer's
+   router choice and capacity (``routing.route``) -> a ``Routing``;
+   record: ``layer_losses`` (unweighted load-balancing / z losses) and
+   ``routing.routing_metrics`` are sown (``MoeBlock._sow_losses_and_metrics``);
+3. dispatch -> expert compute -> combine (``MoeBlock._dispatch_and_combine``), by one of
+   three paths:
    * ``dispatch="einsum"``: one-hot dispatch and combine tensors [g, s, e, c]
-     (``gsd,gsec->gecd`` and ``gecd,gsec->gsd``), the t5x/flaxformer form;
+     (``dispatch.einsum_dispatch`` / ``einsum_combine``), the t5x/flaxformer form;
    * ``dispatch="gather"``: tokens move into the [g, e, c, d] expert buffers by a
      gather with the router's precomputed ``slot_token`` indices, and back by
-     gathering each token's k slots (no scatter-add);
-   * ``dropless=True`` (gather only): all choices are sorted once by expert and run
-     through grouped matmuls (``jax.lax.ragged_dot``); no capacity, nothing dropped.
-   The expert MLP is one batched matmul over the stacked expert weights [e, d, f].
-4. add the DeepSeekMoE shared experts and the ST-MoE extra dense MLP, if configured.
+     gathering each token's k slots (``dispatch.gather_dispatch`` / ``gather_combine``);
+   * ``dropless=True`` (gather only, ``MoeBlock._dropless``): all choices are sorted
+     once by expert and run through grouped matmuls (``jax.lax.ragged_dot``); no
+     capacity, nothing dropped.
+   The experts (``ExpertMlp``) are one batched matmul over the stacked expert weights
+   [e, d, f] (``ExpertMlp.ragged`` for dropless);
+4. add the DeepSeekMoE shared experts and the ST-MoE extra dense MLP, if configured
+   (``MoeBlock._add_dense_mlps``).
+
+Each piece has its own tests (``tests/model/test_moe_pieces.py``); the param tree and
+fixed-input outputs are pinned (``tests/model/test_moe_pins.py``).
 
 Expert parallelism (einsum and gather paths): buffers are constrained to
 ('expert_group', ...) before and after, and to ('expert', 'expert_replicas', ...)
@@ -49,6 +59,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from flan_moe.model import dispatch as dispatch_lib
 from flan_moe.model import routing as routing_lib
 from flan_moe.model.config import ModelConfig, MoeConfig
 from flan_moe.model.layers import MlpBlock, activation, constrain, dtype_of
@@ -159,71 +170,64 @@ class MoeBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, padding_mask: Array | None, enable_dropout: bool) -> Array:
-        cfg = self.config
-        moe = cfg.moe
-        if moe is None:
-            raise ValueError("MoeBlock needs config.moe (a MoeConfig); got None")
-        dtype = dtype_of(cfg.dtype)
-        b, length, d = x.shape
+        moe = self._moe()
+        dtype = dtype_of(self.config.dtype)
         x = x.astype(dtype)
-        g = b if moe.route_per_sequence else routing_lib.group_count(moe, b * length)
-        s = b * length // g
-        e = moe.num_experts
-        router_type = moe.router_type(decoder=self.decoder)
-        k = moe.num_selected(decoder=self.decoder)
-
         with jax.named_scope("route"):
-            xg = constrain(x.reshape(g, s, d), ("expert_group", "unmodeled", "embed"))
-            valid = None
-            if moe.router_ignore_padding_tokens and padding_mask is not None:
-                valid = padding_mask.reshape(g, s).astype(bool)
-            logits = routing_lib.RouterWeights(
-                e,
-                use_bias=moe.router_bias,
-                jitter_noise=moe.router_jitter_noise,
-                param_dtype=cfg.param_dtype,
-                name="router",
-            )(xg, enable_dropout=enable_dropout)
+            xg, valid = routing_lib.group_tokens(moe, x, padding_mask)
+            xg = constrain(xg, ("expert_group", "unmodeled", "embed"))
+            logits = self._router()(xg, enable_dropout=enable_dropout)
             probs = jax.nn.softmax(logits, axis=-1)
-            capacity = None
-            if router_type == "experts_choose" or not moe.dropless:
-                capacity = routing_lib.capacity_for(
-                    moe, tokens_per_group=s, decoder=self.decoder, train=enable_dropout
-                )
-            if router_type == "experts_choose":
-                routing = routing_lib.experts_choose(probs, capacity=capacity, valid=valid)
-            else:
-                routing = routing_lib.tokens_choose(
-                    probs,
-                    k=k,
-                    capacity=capacity,
-                    valid=valid,
-                    batch_prioritized=moe.batch_prioritized_routing and not self.decoder,
-                    renormalize=moe.renormalize_top_k,
-                )
-            self._sow_losses_and_metrics(moe, logits, probs, routing, valid, router_type, k)
-            self._sow_routing(probs, routing, (b, length))
+            routing = routing_lib.route(
+                moe, probs, valid, decoder=self.decoder, train=enable_dropout
+            )
+            self._sow_losses_and_metrics(moe, logits, probs, routing, valid)
+            self._sow_routing(probs, routing, x.shape[:2])
+        y = self._dispatch_and_combine(xg, routing, enable_dropout).reshape(x.shape)
+        y = self._add_dense_mlps(y, x, enable_dropout)
+        return constrain(y.astype(dtype), ("batch", "length", "embed"))
 
+    def _moe(self) -> MoeConfig:
+        if self.config.moe is None:
+            raise ValueError("MoeBlock needs config.moe (a MoeConfig); got None")
+        return self.config.moe
+
+    def _router(self) -> routing_lib.RouterWeights:
+        moe = self._moe()
+        return routing_lib.RouterWeights(
+            moe.num_experts,
+            use_bias=moe.router_bias,
+            jitter_noise=moe.router_jitter_noise,
+            param_dtype=self.config.param_dtype,
+            name="router",
+        )
+
+    def _dispatch_and_combine(
+        self, xg: Array, routing: routing_lib.Routing, enable_dropout: bool
+    ) -> Array:
+        """Groups [g, s, d] -> expert outputs combined per token [g, s, d], by the path
+        the config picks (dropless, einsum or gather)."""
+        moe = self._moe()
         if moe.dropless:
-            y = self._dropless(xg, routing, enable_dropout)
-        elif moe.dispatch == "einsum":
-            y = self._einsum_path(xg, routing, enable_dropout)
-        else:
-            y = self._gather_path(xg, routing, enable_dropout)
-        y = y.reshape(b, length, d)
+            return self._dropless(xg, routing, enable_dropout)
+        if moe.dispatch == "einsum":
+            return self._einsum_path(xg, routing, enable_dropout)
+        return self._gather_path(xg, routing, enable_dropout)
 
-        expert_d_ff = moe.expert_d_ff(cfg.d_ff)
+    def _add_dense_mlps(self, y: Array, x: Array, enable_dropout: bool) -> Array:
+        """y + the DeepSeekMoE shared experts and the ST-MoE extra dense MLP of x, if any."""
+        cfg, moe = self.config, self._moe()
         if moe.num_shared_experts > 0:
             # N shared experts of width f == one MLP of width N * f (hidden units concatenate).
             y = y + MlpBlock(
                 cfg,
-                d_ff=moe.num_shared_experts * expert_d_ff,
+                d_ff=moe.num_shared_experts * moe.expert_d_ff(cfg.d_ff),
                 dropout_rate=moe.expert_dropout_rate,
                 name="shared_experts",
             )(x, enable_dropout=enable_dropout)
         if moe.extra_dense_mlp:
             y = y + MlpBlock(cfg, name="extra_mlp")(x, enable_dropout=enable_dropout)
-        return constrain(y.astype(dtype), ("batch", "length", "embed"))
+        return y
 
     # --- losses and metrics -------------------------------------------------------
 
@@ -241,13 +245,11 @@ class MoeBlock(nn.Module):
             jax.nn.one_hot(routing.expert_index, e),
         )
         for name, value in (("router_probs", probs), ("kept", kept > 0)):
-            self.sow(
-                ROUTING_COLLECTION,
-                name,
-                value.reshape(*rows, e),
-                init_fn=lambda: 0.0,
-                reduce_fn=lambda _, v: v,
-            )
+            self._sow(ROUTING_COLLECTION, name, value.reshape(*rows, e))
+
+    def _sow(self, collection: str, name: str, value: Array) -> None:
+        # Overwrite, not append: stale values (e.g. from ``init``) never mix in.
+        self.sow(collection, name, value, init_fn=lambda: 0.0, reduce_fn=lambda _, v: v)
 
     def _sow_losses_and_metrics(
         self,
@@ -256,39 +258,23 @@ class MoeBlock(nn.Module):
         probs: Array,
         routing: routing_lib.Routing,
         valid: Array | None,
-        router_type: str,
-        k: int,
     ) -> None:
-        def sow(collection: str, name: str, value: Array) -> None:
-            # Overwrite, not append: stale values (e.g. from ``init``) never mix in.
-            self.sow(collection, name, value, init_fn=lambda: 0.0, reduce_fn=lambda _, v: v)
-
-        tokens_choose = router_type == "tokens_choose"
-        # Both losses are always sown (as flaxformer's routers always compute them), so
-        # a run's coefficient can turn on a loss the model config leaves at 0.
-        # Expert choice is balanced by construction: its load-balancing loss is 0, and
-        # it counts in the mean over layers (flaxformer ExpertsChooseMaskedRouter).
-        if tokens_choose:
-            stats = routing_lib.load_balancing_statistics(
-                probs, routing.expert_index, valid, normalization=moe.load_balancing_normalization
-            )
-            sow(LOSS_COLLECTION, "load_balancing_loss",
-                routing_lib.load_balancing_from_statistics(*stats))  # fmt: skip
-            if moe.load_balancing_pooling == "stack":
-                for stat_name, value in zip(POOLING_STATISTICS, stats):
-                    sow(LOSS_COLLECTION, stat_name, value)
-        else:
-            sow(LOSS_COLLECTION, "load_balancing_loss", jnp.zeros((), jnp.float32))
-        sow(LOSS_COLLECTION, "router_z_loss", routing_lib.router_z_loss(logits, valid))
+        """Sow ``layer_losses`` into ``moe_losses`` and, when that collection is mutable,
+        ``routing_lib.routing_metrics`` into ``moe_metrics``."""
+        for name, value in layer_losses(
+            moe, logits, probs, routing, valid, decoder=self.decoder
+        ).items():
+            self._sow(LOSS_COLLECTION, name, value)
         if self.is_mutable_collection(METRICS_COLLECTION):
+            tokens_choose = moe.router_type(decoder=self.decoder) == "tokens_choose"
             metrics = routing_lib.routing_metrics(
                 jax.lax.stop_gradient(probs),
                 jax.tree_util.tree_map(jax.lax.stop_gradient, routing),
                 valid,
-                tokens_choose_k=k if tokens_choose else None,
+                tokens_choose_k=moe.num_selected(decoder=self.decoder) if tokens_choose else None,
             )
             for name, value in metrics.items():
-                sow(METRICS_COLLECTION, name, value)
+                self._sow(METRICS_COLLECTION, name, value)
 
     # --- dispatch paths -------------------------------------------------------------
 
@@ -310,34 +296,18 @@ class MoeBlock(nn.Module):
         return constrain(y, ("expert_group", "unmodeled", None, "embed"))
 
     def _einsum_path(self, xg: Array, routing: routing_lib.Routing, enable_dropout: bool) -> Array:
-        dtype = dtype_of(self.config.dtype)
-        e = self.config.moe.num_experts
-        c = routing.slot_token.shape[-1]
         with jax.named_scope("dispatch"):
-            expert_1h = jax.nn.one_hot(routing.expert_index, e, dtype=jnp.float32)  # [g,s,k,e]
-            slot_1h = jax.nn.one_hot(routing.slot, c, dtype=jnp.float32)  # [g,s,k,c]
-            kept = routing.kept.astype(jnp.float32)
-            dispatch = jnp.einsum("gsk,gske,gskc->gsec", kept, expert_1h, slot_1h)
-            combine = jnp.einsum("gsk,gske,gskc->gsec", routing.weight, expert_1h, slot_1h)
-            buffers = jnp.einsum("gsd,gsec->gecd", xg, dispatch.astype(dtype))
+            buffers, combine = dispatch_lib.einsum_dispatch(xg, routing, self._moe().num_experts)
         y = self._run_experts(buffers, enable_dropout)
         with jax.named_scope("combine"):
-            return jnp.einsum("gecd,gsec->gsd", y, combine.astype(dtype))
+            return dispatch_lib.einsum_combine(y, combine)
 
     def _gather_path(self, xg: Array, routing: routing_lib.Routing, enable_dropout: bool) -> Array:
-        dtype = dtype_of(self.config.dtype)
-        g, s, d = xg.shape
-        e, c = routing.slot_token.shape[1:]
         with jax.named_scope("dispatch"):
-            # Row s of the padded tokens is zeros: the source of every empty slot.
-            padded = jnp.concatenate([xg, jnp.zeros((g, 1, d), xg.dtype)], axis=1)
-            buffers = jax.vmap(lambda rows, idx: rows[idx])(padded, routing.slot_token)
+            buffers = dispatch_lib.gather_dispatch(xg, routing)
         y = self._run_experts(buffers, enable_dropout)  # [g, e, c, d]
         with jax.named_scope("combine"):
-            flat = jnp.concatenate([y.reshape(g, e * c, d), jnp.zeros((g, 1, d), y.dtype)], 1)
-            where = jnp.where(routing.kept, routing.expert_index * c + routing.slot, e * c)
-            per_choice = jax.vmap(lambda rows, idx: rows[idx])(flat, where)  # [g, s, k, d]
-            return jnp.einsum("gskd,gsk->gsd", per_choice, routing.weight.astype(dtype))
+            return dispatch_lib.gather_combine(y, routing)
 
     def _dropless(self, xg: Array, routing: routing_lib.Routing, enable_dropout: bool) -> Array:
         dtype = dtype_of(self.config.dtype)
@@ -358,6 +328,36 @@ class MoeBlock(nn.Module):
             inverse = jnp.zeros_like(perm).at[perm].set(jnp.arange(n, dtype=perm.dtype))
             per_choice = jnp.take(out, inverse, axis=0).reshape(g, s, kk, d)
             return jnp.einsum("gskd,gsk->gsd", per_choice, routing.weight.astype(dtype))
+
+
+def layer_losses(
+    moe: MoeConfig,
+    logits: Array,
+    probs: Array,
+    routing: routing_lib.Routing,
+    valid: Array | None,
+    *,
+    decoder: bool,
+) -> dict[str, Array]:
+    """The unweighted losses one sparse layer sows into ``LOSS_COLLECTION``.
+
+    Both losses always (as flaxformer's routers always compute them), so a run's
+    coefficient can turn on a loss the model config leaves at 0. Expert choice is
+    balanced by construction: its load-balancing loss is 0, and it counts in the mean
+    over layers (flaxformer ExpertsChooseMaskedRouter). With
+    ``load_balancing_pooling="stack"`` also the ``POOLING_STATISTICS`` of tokens-choose
+    layers, for ``collect_router_losses`` to pool.
+    """
+    out = {"load_balancing_loss": jnp.zeros((), jnp.float32)}
+    if moe.router_type(decoder=decoder) == "tokens_choose":
+        stats = routing_lib.load_balancing_statistics(
+            probs, routing.expert_index, valid, normalization=moe.load_balancing_normalization
+        )
+        out["load_balancing_loss"] = routing_lib.load_balancing_from_statistics(*stats)
+        if moe.load_balancing_pooling == "stack":
+            out.update(zip(POOLING_STATISTICS, stats))
+    out["router_z_loss"] = routing_lib.router_z_loss(logits, valid)
+    return out
 
 
 # --- Collecting the sown values ------------------------------------------------------

@@ -162,6 +162,46 @@ def num_groups(*, num_tokens: int, max_group_size: int, multiple: int = 1) -> in
     return g
 
 
+def group_tokens(
+    moe: MoeConfig, x: Array, padding_mask: Array | None
+) -> tuple[Array, Array | None]:
+    """Tokens [b, l, d] -> routing groups [g, s, d] and their validity [g, s] (bool).
+
+    One group per sequence with ``route_per_sequence``, else ``group_count`` groups of
+    the flattened batch (in row-major order, so a group never splits a token). The
+    validity is None (all tokens routed) unless ``router_ignore_padding_tokens`` is on
+    and a ``padding_mask`` [b, l] is given.
+    """
+    b, length, d = x.shape
+    g = b if moe.route_per_sequence else group_count(moe, b * length)
+    s = b * length // g
+    valid = None
+    if moe.router_ignore_padding_tokens and padding_mask is not None:
+        valid = padding_mask.reshape(g, s).astype(bool)
+    return x.reshape(g, s, d), valid
+
+
+def route(
+    moe: MoeConfig, probs: Array, valid: Array | None, *, decoder: bool, train: bool
+) -> Routing:
+    """The router choice of a layer: expert choice or top-k tokens-choose for ``probs``
+    [g, s, e], with the capacity of ``capacity_for`` (none for dropless tokens-choose)."""
+    router_type = moe.router_type(decoder=decoder)
+    capacity = None
+    if router_type == "experts_choose" or not moe.dropless:
+        capacity = capacity_for(moe, tokens_per_group=probs.shape[1], decoder=decoder, train=train)
+    if router_type == "experts_choose":
+        return experts_choose(probs, capacity=capacity, valid=valid)
+    return tokens_choose(
+        probs,
+        k=moe.num_selected(decoder=decoder),
+        capacity=capacity,
+        valid=valid,
+        batch_prioritized=moe.batch_prioritized_routing and not decoder,
+        renormalize=moe.renormalize_top_k,
+    )
+
+
 class RouterWeights(nn.Module):
     """The router's linear map: float32 logits [g, s, e] from token representations.
 

@@ -269,8 +269,7 @@ class Decoder(nn.Module):
             init_scale=cfg.init_scale,
             name="relpos_bias",
         )
-        stepping = decode and self.has_variable("cache", "position")
-        if stepping:
+        if decode and self.has_variable("cache", "position"):
             # One token per row: position from the cache, keys are the whole cache.
             position = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
             key_positions = self.get_variable("cache", "key_positions")
@@ -282,16 +281,9 @@ class Decoder(nn.Module):
             if decode:  # cache creation pass (full length): remember the positions
                 self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
                 self.variable("cache", "key_positions", lambda: jnp.arange(length, dtype=jnp.int32))
-            if decoder_segment_ids is not None:
-                valid = decoder_segment_ids > 0
-            elif not cfg.mask_padded_queries:
-                # Hugging Face (no decoder_attention_mask): causal masking only; with
-                # right padding the real positions see the same keys either way.
-                valid = jnp.ones((batch, length), dtype=bool)
-            elif decoder_target_tokens is not None:
-                valid = decoder_target_tokens > 0
-            else:
-                valid = jnp.ones((batch, length), dtype=bool)
+            valid = self._valid_queries(
+                decoder_input_tokens, decoder_target_tokens, decoder_segment_ids
+            )
             positions = jnp.arange(length)
             self_bias = relpos(positions, positions)
             self_mask = attention_mask(
@@ -317,7 +309,23 @@ class Decoder(nn.Module):
         )  # fmt: skip
         x = _norm(cfg, "decoder_norm")(x)
         x = _dropout(x, cfg.dropout_rate, enable_dropout)
+        return self._logits(x)
 
+    def _valid_queries(
+        self, input_tokens: Array, target_tokens: Array | None, segment_ids: Array | None
+    ) -> Array:
+        """[b, l] bool: the decoder positions that are real tokens (full-length pass)."""
+        if segment_ids is not None:
+            return segment_ids > 0
+        if self.config.mask_padded_queries and target_tokens is not None:
+            return target_tokens > 0
+        # Hugging Face (no decoder_attention_mask, mask_padded_queries=False): causal
+        # masking only; with right padding the real positions see the same keys either way.
+        return jnp.ones(input_tokens.shape, dtype=bool)
+
+    def _logits(self, x: Array) -> Array:
+        """Float32 output logits [b, l, v]: the tied embedding or the ``logits_dense`` head."""
+        cfg = self.config
         if cfg.tie_embeddings:
             # T5 1.0: reuse the embedding, rescaled by 1/sqrt(d_model).
             logits = self.embedder.attend(x.astype(jnp.float32) * (cfg.d_model**-0.5))

@@ -42,7 +42,8 @@ class CheckpointDamagedError(RuntimeError):
     """A checkpoint is incomplete or its files do not match its manifest."""
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -65,7 +66,7 @@ def write_manifest(path: str, step: int) -> str:
     files = {}
     for rel in _files(path):
         file = os.path.join(path, rel)
-        files[rel] = {"size": os.path.getsize(file), "sha256": _sha256(file)}
+        files[rel] = {"size": os.path.getsize(file), "sha256": file_sha256(file)}
     target = os.path.join(path, MANIFEST)
     tmp = target + ".tmp"
     with open(tmp, "w") as f:
@@ -115,7 +116,7 @@ def verify_checkpoint(path: str, *, level: str = "full") -> bool:
             problems.append(f"{rel}: missing")
         elif os.path.getsize(file) != entry["size"]:
             problems.append(f"{rel}: {os.path.getsize(file)} bytes, manifest says {entry['size']}")
-        elif level == "full" and _sha256(file) != entry["sha256"]:
+        elif level == "full" and file_sha256(file) != entry["sha256"]:
             problems.append(f"{rel}: checksum differs from the manifest (the file was changed)")
     if problems:
         raise CheckpointDamagedError(

@@ -63,7 +63,7 @@ from flan_moe.training.model_dir_lock import model_dir_lock
 from flan_moe.training.optimizers import OptimizerConfig
 from flan_moe.training.summaries import MetricAverager, Progress, SummaryWriter, flatten_metrics
 from flan_moe.training.train_state import TrainState
-from flan_moe.training.trainer import Trainer
+from flan_moe.training.trainer import TRAINER_CACHE, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -295,116 +295,184 @@ def _train_locked(
 ) -> TrainResult:
     cfg = train_config
     if trainer is None:
-        trainer = Trainer(
+        trainer = TRAINER_CACHE.get_or_build(
             model_config=model_config,
             optimizer_config=optimizer_config,
             loss_config=loss_config,
             mesh=mesh,
             num_microbatches=cfg.num_microbatches,
         )
-    metadata = {
-        **(run_metadata or {}),
-        "model_config": model_config.to_dict(),
-        "optimizer_config": asdict(optimizer_config),
-        "batch_size": cfg.batch_size,
-    }
-    if "vocabulary" in metadata:  # the vocabulary travels with every checkpoint
-        metadata.setdefault(
-            "vocabulary_fingerprint", vocabulary_fingerprint(metadata["vocabulary"])
-        )
+    metadata = _checkpoint_metadata(run_metadata, model_config, optimizer_config, cfg.batch_size)
     latest = _resume_checkpoint(model_dir)
     checkpointer = Checkpointer(model_dir, keep=cfg.keep_checkpoints)
     state, data_position = _initial_state(
         trainer, checkpointer, latest, initial_checkpoint_path, cfg.seed,
         model_config=model_config, model_dir=model_dir, metadata=metadata,
     )  # fmt: skip
-    last_checkpoint: str | None = None if latest is None else latest[1]
     start = int(jax.device_get(state.step))
-    end = cfg.train_steps
-    if start > end:
-        log.warning(
-            "the checkpoint is at step %d, past TRAIN_STEPS=%d (the absolute target step): "
-            "nothing to train", start, end,
-        )  # fmt: skip
-        end = start
+    end = _end_step(start, cfg.train_steps)
     result = TrainResult(
         state=state, start_step=start, end_step=end, last_checkpoint=None, target_step=end
     )
-    writer = SummaryWriter(model_dir, resume_step=start)
-    averager, progress = MetricAverager(), Progress(start_step=start, end_step=end)
+    recorder = _StepRecorder(
+        cfg, model_dir=model_dir, start=start, end=end, checkpointer=checkpointer,
+        metadata=metadata, result=result, last_checkpoint=None if latest is None else latest[1],
+    )  # fmt: skip
     stop = _StopFlag()
     iterator = iterator_factory(data_position)
-    pending: tuple[int, dict] | None = None  # (step, device metrics) not yet checked
-
-    def drain() -> None:
-        """Fetch and check the metrics of the last dispatched step."""
-        nonlocal pending
-        if pending is None:
-            return
-        step, metrics = pending
-        pending = None
-        scalars = flatten_metrics(jax.device_get(metrics))
-        problem = _nonfinite_problem(scalars) if cfg.stop_on_nonfinite else None
-        if problem:
-            raise NonFiniteLossError(
-                f"{problem} at step {step} (the update that produced step {step}; it was "
-                f"not saved). Last good checkpoint: "
-                f"{last_checkpoint or 'none (no checkpoint yet)'}. Lower the learning rate, "
-                "check the data at this step, or enable gradient clipping "
-                "(OptimizerConfig.max_grad_norm) and resume from that checkpoint."
-            )
-        averager.add(scalars)
-        if step % cfg.log_every == 0 or step == end:
-            logged = {**averager.mean(), **progress.measure(step)}
-            writer.write(step, logged)
-            result.history.append({"step": step, **logged})
-            log.info(progress.line(step, logged))
-            averager.reset()
-
-    def save(state: TrainState, step: int) -> None:
-        nonlocal last_checkpoint
-        drain()  # a NaN/Inf loss or gradient norm at this step raises before saving
-        if cfg.stop_on_nonfinite:
-            check_finite_params(state.params, where=f"step {step}")
-        last_checkpoint = checkpointer.save(state, data_position=data_position, metadata=metadata)
-        result.last_checkpoint = last_checkpoint
-        log.debug("saving checkpoint at step %d -> %s", step, last_checkpoint)
-
     if start < end:
         log.info("compiling the train step (the first step includes compilation)...")
     try:
         with stop.installed():
-            step = start
-            while step < end:
-                try:
-                    batch = next(iterator)
-                except StopIteration:
-                    raise RuntimeError(
-                        f"the data iterator ran out at step {step} (data position "
-                        f"{data_position}); use a repeating training split or fewer steps"
-                    ) from None
-                _check_batch(batch, cfg.batch_size // jax.process_count(), step)
-                progress.add_tokens(_real_tokens(batch))
-                state, metrics = trainer.train_step(state, batch)
-                data_position += 1
-                step += 1
-                drain()  # the previous step's metrics; this step keeps running
-                pending = (step, metrics)
-                interrupted = stop_after is not None and step - start >= stop_after
-                if step % cfg.checkpoint_every == 0 or step == end or stop.signal or interrupted:
-                    save(state, step)
-                if stop.signal is not None or interrupted:
-                    result.stopped_by_signal = stop.signal is not None
-                    break
-            drain()
+            state = _run_steps(
+                trainer, state, iterator, recorder, stop,
+                start=start, data_position=data_position, stop_after=stop_after,
+            )  # fmt: skip
             if latest is None and start == end:
                 # TRAIN_STEPS=0 on a fresh MODEL_DIR: write the initial model (from scratch
                 # or INITIAL_CHECKPOINT_PATH) so it can be evaluated before any training.
-                save(state, start)
+                recorder.save(state, start, data_position)
     finally:
         checkpointer.close()
-        writer.close()
+        recorder.close()
     result.state = state
-    result.last_checkpoint = last_checkpoint
+    result.last_checkpoint = recorder.last_checkpoint
     result.end_step = int(jax.device_get(state.step))
     return result
+
+
+def _checkpoint_metadata(
+    run_metadata: dict[str, Any] | None,
+    model_config: ModelConfig,
+    optimizer_config: OptimizerConfig,
+    batch_size: int,
+) -> dict[str, Any]:
+    """What every checkpoint of the run stores beside the state."""
+    metadata = {
+        **(run_metadata or {}),
+        "model_config": model_config.to_dict(),
+        "optimizer_config": asdict(optimizer_config),
+        "batch_size": batch_size,
+    }
+    if "vocabulary" in metadata:  # the vocabulary travels with every checkpoint
+        metadata.setdefault(
+            "vocabulary_fingerprint", vocabulary_fingerprint(metadata["vocabulary"])
+        )
+    return metadata
+
+
+def _end_step(start: int, train_steps: int) -> int:
+    """The step to train to: TRAIN_STEPS (absolute), or ``start`` when already past it."""
+    if start > train_steps:
+        log.warning(
+            "the checkpoint is at step %d, past TRAIN_STEPS=%d (the absolute target step): "
+            "nothing to train", start, train_steps,
+        )  # fmt: skip
+        return start
+    return train_steps
+
+
+def _run_steps(
+    trainer: Trainer,
+    state: TrainState,
+    iterator: Iterator[dict[str, np.ndarray]],
+    recorder: _StepRecorder,
+    stop: _StopFlag,
+    *,
+    start: int,
+    data_position: int,
+    stop_after: int | None,
+) -> TrainState:
+    """Train from ``start`` to ``recorder.end``; checkpoint every ``checkpoint_every``
+    steps, at the end, and on a stop signal or after ``stop_after`` steps (then stop)."""
+    cfg, end = recorder.cfg, recorder.end
+    step = start
+    while step < end:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            raise RuntimeError(
+                f"the data iterator ran out at step {step} (data position "
+                f"{data_position}); use a repeating training split or fewer steps"
+            ) from None
+        _check_batch(batch, cfg.batch_size // jax.process_count(), step)
+        recorder.progress.add_tokens(_real_tokens(batch))
+        state, metrics = trainer.train_step(state, batch)
+        data_position += 1
+        step += 1
+        recorder.dispatched(step, metrics)  # checks the previous step's; this one runs on
+        interrupted = stop_after is not None and step - start >= stop_after
+        if step % cfg.checkpoint_every == 0 or step == end or stop.signal or interrupted:
+            recorder.save(state, step, data_position)
+        if stop.signal is not None or interrupted:
+            recorder.result.stopped_by_signal = stop.signal is not None
+            break
+    recorder.drain()
+    return state
+
+
+class _StepRecorder:
+    """One step late (the next step is already dispatched): checks a step's metrics for
+    NaN/Inf, averages and writes them every ``log_every`` steps; saves checkpoints
+    after checking the pending metrics (a non-finite step is never saved)."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        model_dir: str,
+        start: int,
+        end: int,
+        checkpointer: Checkpointer,
+        metadata: dict[str, Any],
+        result: TrainResult,
+        last_checkpoint: str | None,
+    ) -> None:
+        self.cfg, self.end, self.result = cfg, end, result
+        self.checkpointer, self.metadata = checkpointer, metadata
+        self.last_checkpoint = last_checkpoint
+        self.writer = SummaryWriter(model_dir, resume_step=start)
+        self.averager = MetricAverager()
+        self.progress = Progress(start_step=start, end_step=end)
+        self.pending: tuple[int, dict] | None = None  # (step, device metrics) not yet checked
+
+    def dispatched(self, step: int, metrics: dict) -> None:
+        """Check the previous step's metrics, and keep this step's for later."""
+        self.drain()
+        self.pending = (step, metrics)
+
+    def drain(self) -> None:
+        """Fetch and check the metrics of the last dispatched step."""
+        if self.pending is None:
+            return
+        (step, metrics), self.pending = self.pending, None
+        scalars = flatten_metrics(jax.device_get(metrics))
+        problem = _nonfinite_problem(scalars) if self.cfg.stop_on_nonfinite else None
+        if problem:
+            raise NonFiniteLossError(
+                f"{problem} at step {step} (the update that produced step {step}; it was "
+                f"not saved). Last good checkpoint: "
+                f"{self.last_checkpoint or 'none (no checkpoint yet)'}. Lower the learning "
+                "rate, check the data at this step, or enable gradient clipping "
+                "(OptimizerConfig.max_grad_norm) and resume from that checkpoint."
+            )
+        self.averager.add(scalars)
+        if step % self.cfg.log_every == 0 or step == self.end:
+            logged = {**self.averager.mean(), **self.progress.measure(step)}
+            self.writer.write(step, logged)
+            self.result.history.append({"step": step, **logged})
+            log.info(self.progress.line(step, logged))
+            self.averager.reset()
+
+    def save(self, state: TrainState, step: int, data_position: int) -> None:
+        self.drain()  # a NaN/Inf loss or gradient norm at this step raises before saving
+        if self.cfg.stop_on_nonfinite:
+            check_finite_params(state.params, where=f"step {step}")
+        self.last_checkpoint = self.checkpointer.save(
+            state, data_position=data_position, metadata=self.metadata
+        )
+        self.result.last_checkpoint = self.last_checkpoint
+        log.debug("saving checkpoint at step %d -> %s", step, self.last_checkpoint)
+
+    def close(self) -> None:
+        self.writer.close()

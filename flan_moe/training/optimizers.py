@@ -263,40 +263,15 @@ def scale_by_adafactor(
         axes = (param_axes or {}).get(name)
         return _factoring(tuple(p.shape), axes, min_dim_size_to_factor, name)
 
-    def init_leaf(path, p):
-        f = leaf_factoring(path, p)
-        one = jnp.zeros((1,), jnp.float32)
-        if f.dims is None:
-            return AdafactorLeafState(one, one, jnp.zeros(p.shape, jnp.float32))
-        rows, cols = f.dims
-        return AdafactorLeafState(
-            jnp.zeros(np.delete(p.shape, cols), jnp.float32),
-            jnp.zeros(np.delete(p.shape, rows), jnp.float32),
-            one,
-        )
-
     def init_fn(params):
-        leaves = jax.tree_util.tree_map_with_path(init_leaf, params)
+        leaves = jax.tree_util.tree_map_with_path(
+            lambda path, p: _adafactor_zero_state(leaf_factoring(path, p), p.shape), params
+        )
         return AdafactorState(count=jnp.zeros([], jnp.int32), leaves=leaves)
 
     def update_leaf(path, g, s: AdafactorLeafState, p, beta2):
         f = leaf_factoring(path, p)
-        g = g.astype(jnp.float32)
-        g2 = jnp.square(g) + epsilon1
-        if f.dims is None:
-            v = beta2 * s.v + (1 - beta2) * g2
-            u = g * jax.lax.rsqrt(v)
-            new = AdafactorLeafState(s.v_row, s.v_col, v)
-        else:
-            rows, cols = f.dims
-            v_row = beta2 * s.v_row + (1 - beta2) * jnp.mean(g2, axis=cols)
-            v_col = beta2 * s.v_col + (1 - beta2) * jnp.mean(g2, axis=rows)
-            # v ~ v_row * v_col / mean(v_row over the row dims)
-            rows_in_v_row = tuple(d - sum(c < d for c in cols) for d in rows)
-            row_mean = jnp.mean(v_row, axis=rows_in_v_row, keepdims=True)
-            row_factor = jnp.expand_dims(jax.lax.rsqrt(v_row / row_mean), cols)
-            u = g * row_factor * jnp.expand_dims(jax.lax.rsqrt(v_col), rows)
-            new = AdafactorLeafState(v_row, v_col, s.v)
+        u, new = _adafactor_direction(f, g.astype(jnp.float32), s, beta2, epsilon1)
         dims = f.averaging_dims
         if clipping_threshold is not None:
             rms = jnp.sqrt(jnp.mean(jnp.square(u), axis=dims, keepdims=True))
@@ -326,6 +301,38 @@ def scale_by_adafactor(
         return new_updates, AdafactorState(count=state.count + 1, leaves=new_leaves)
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _adafactor_zero_state(f: _Factoring, shape: tuple[int, ...]) -> AdafactorLeafState:
+    """Zero second-moment statistics: row and column factors, or the full moment."""
+    one = jnp.zeros((1,), jnp.float32)
+    if f.dims is None:
+        return AdafactorLeafState(one, one, jnp.zeros(shape, jnp.float32))
+    rows, cols = f.dims
+    return AdafactorLeafState(
+        jnp.zeros(np.delete(shape, cols), jnp.float32),
+        jnp.zeros(np.delete(shape, rows), jnp.float32),
+        one,
+    )
+
+
+def _adafactor_direction(
+    f: _Factoring, g: Array, s: AdafactorLeafState, beta2: Array, epsilon1: float
+) -> tuple[Array, AdafactorLeafState]:
+    """g / sqrt(v) with the updated (factored or full) second moment v, and the new state."""
+    g2 = jnp.square(g) + epsilon1
+    if f.dims is None:
+        v = beta2 * s.v + (1 - beta2) * g2
+        return g * jax.lax.rsqrt(v), AdafactorLeafState(s.v_row, s.v_col, v)
+    rows, cols = f.dims
+    v_row = beta2 * s.v_row + (1 - beta2) * jnp.mean(g2, axis=cols)
+    v_col = beta2 * s.v_col + (1 - beta2) * jnp.mean(g2, axis=rows)
+    # v ~ v_row * v_col / mean(v_row over the row dims)
+    rows_in_v_row = tuple(d - sum(c < d for c in cols) for d in rows)
+    row_mean = jnp.mean(v_row, axis=rows_in_v_row, keepdims=True)
+    row_factor = jnp.expand_dims(jax.lax.rsqrt(v_row / row_mean), cols)
+    u = g * row_factor * jnp.expand_dims(jax.lax.rsqrt(v_col), rows)
+    return u, AdafactorLeafState(v_row, v_col, s.v)
 
 
 def decay_weights(rate: float) -> optax.GradientTransformation:

@@ -51,18 +51,6 @@ BATCH_FEATURES = (
 )
 
 
-def _cache_key(
-    *,
-    model_config: ModelConfig,
-    optimizer_config: OptimizerConfig,
-    loss_config: LossConfig | None = None,
-    mesh: Mesh | None = None,
-    num_microbatches: int = 1,
-) -> tuple:
-    mesh = mesh or partitioning.make_mesh(data=-1)
-    return (model_config, optimizer_config, loss_config or LossConfig(), mesh, num_microbatches)
-
-
 def select_features(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The features the train step consumes (others, e.g. strings, stay on the host)."""
     return {k: v for k, v in batch.items() if k in BATCH_FEATURES}
@@ -92,26 +80,12 @@ def _param_initializer(config: ModelConfig, mesh: Mesh):
     return jax.jit(init, out_shardings=shardings)
 
 
-_TRAINERS: collections.OrderedDict = collections.OrderedDict()
-_MAX_CACHED_TRAINERS = 8
-
-
 class Trainer:
     """Compiled train/eval steps for one model, optimizer and mesh.
 
-    Trainers are cached by (model, optimizer, loss, mesh, microbatches): building the
-    same one again (a second run in one process, a test) reuses the compiled steps.
+    The constructor always builds (and later compiles) a new trainer; to reuse one
+    built with the same arguments, use ``TRAINER_CACHE.get_or_build(...)``.
     """
-
-    def __new__(cls, **kwargs: Any) -> Trainer:
-        key = _cache_key(**kwargs)
-        cached = _TRAINERS.get(key)
-        if cached is not None:
-            _TRAINERS.move_to_end(key)
-            return cached
-        trainer = super().__new__(cls)
-        trainer._cache_key = key
-        return trainer
 
     def __init__(
         self,
@@ -122,8 +96,6 @@ class Trainer:
         mesh: Mesh | None = None,
         num_microbatches: int = 1,
     ) -> None:
-        if getattr(self, "_built", False):
-            return  # a cached trainer (see __new__)
         if num_microbatches < 1:
             raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}")
         self.model_config = model_config
@@ -180,10 +152,6 @@ class Trainer:
             in_shardings=(self.state_shardings.params, self.batch_sharding),
             out_shardings=replicated,
         )
-        self._built = True
-        _TRAINERS[self._cache_key] = self
-        while len(_TRAINERS) > _MAX_CACHED_TRAINERS:
-            _TRAINERS.popitem(last=False)
 
     # --- public, compiled -----------------------------------------------------
 
@@ -315,3 +283,65 @@ class Trainer:
         metrics = summarize_parts(parts)
         metrics["loss"] = loss
         return metrics
+
+
+TrainerKey = tuple[ModelConfig, OptimizerConfig, LossConfig, Mesh, int]
+
+
+class TrainerCache:
+    """Built trainers by their constructor arguments, least recently used evicted.
+
+    Key (``key_of``): ``(model_config, optimizer_config, loss_config, mesh,
+    num_microbatches)`` with the defaults filled in (``LossConfig()``, the mesh
+    ``make_mesh(data=-1)``, 1 microbatch). The configs are frozen dataclasses and a
+    ``Mesh`` compares by its devices and axis names, so equal arguments mean the same
+    compiled steps; a trainer holds no train state, so sharing one is safe. For
+    processes that build the same trainer again (``loop.train`` run after run, tests);
+    ``Trainer(...)`` itself always builds.
+    """
+
+    def __init__(self, maxsize: int = 8) -> None:
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be >= 1, got {maxsize}")
+        self.maxsize = maxsize
+        self._trainers: collections.OrderedDict[TrainerKey, Trainer] = collections.OrderedDict()
+
+    @staticmethod
+    def key_of(
+        *,
+        model_config: ModelConfig,
+        optimizer_config: OptimizerConfig,
+        loss_config: LossConfig | None = None,
+        mesh: Mesh | None = None,
+        num_microbatches: int = 1,
+    ) -> TrainerKey:
+        mesh = mesh or partitioning.make_mesh(data=-1)
+        return (model_config, optimizer_config, loss_config or LossConfig(), mesh, num_microbatches)
+
+    def get_or_build(self, **kwargs: Any) -> Trainer:
+        """The cached trainer for these ``Trainer`` keyword arguments, else a new one."""
+        key = self.key_of(**kwargs)
+        if key in self._trainers:
+            self._trainers.move_to_end(key)
+            return self._trainers[key]
+        model_config, optimizer_config, loss_config, mesh, num_microbatches = key
+        trainer = Trainer(
+            model_config=model_config,
+            optimizer_config=optimizer_config,
+            loss_config=loss_config,
+            mesh=mesh,
+            num_microbatches=num_microbatches,
+        )
+        self._trainers[key] = trainer
+        while len(self._trainers) > self.maxsize:
+            self._trainers.popitem(last=False)
+        return trainer
+
+    def clear(self) -> None:
+        self._trainers.clear()
+
+    def __len__(self) -> int:
+        return len(self._trainers)
+
+
+TRAINER_CACHE = TrainerCache()

@@ -3,7 +3,6 @@ MMLU / BBH predictions before any training equal the dense model's (renormalised
 dropless: the upcycling identity, lineage.md §1)."""
 
 import json
-import os
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -18,17 +17,7 @@ from flan_moe.training import checkpoints
 from flan_moe.training.train_state import TrainState
 from tests.random_params import random_params
 
-_REPO = Path(__file__).resolve().parents[2]
 DENSE = get_config("tiny", dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def data_root() -> Path:
-    env = os.environ.get("FLAN_MOE_DATA_DIR")
-    root = Path(env) if env else _REPO.parent / "shared" / "data"
-    if not (root / "mmlu" / "val").is_dir() or not (root / "bbh" / "bbh").is_dir():
-        pytest.skip(f"real data not found at {root}: set FLAN_MOE_DATA_DIR")
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,9 @@ LENGTHS = {"inputs": 64, "targets": 32}
 
 @pytest.fixture(scope="module")
 def it(data_dir):
-    import tasks  # noqa: F401
+    from flan_moe.cli.task_registry import register_tasks
+
+    register_tasks()
     from flan_moe.data import iterators
 
     return iterators

@@ -24,6 +24,7 @@ from flan_moe.training.checkpoints import load_params  # noqa: E402
 from flan_moe.training.loop import TrainConfig, train  # noqa: E402
 from flan_moe.training.optimizers import OptimizerConfig  # noqa: E402
 from flan_moe.training.synthetic import synthetic_batches  # noqa: E402
+from tests.interop.test_hf_folders import _logits as hf_logits  # noqa: E402
 
 T5_SMALL = dict(
     vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
@@ -85,12 +86,7 @@ def _inputs():
 def _hf_logits(folder):
     model = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
     enc, dec_in, _ = _inputs()
-    with torch.no_grad():
-        return model(
-            input_ids=torch.tensor(enc),
-            attention_mask=torch.tensor(enc > 0),
-            decoder_input_ids=torch.tensor(dec_in),
-        ).logits.numpy()
+    return hf_logits(model, enc, dec_in)
 
 
 def _our_logits(params, config):

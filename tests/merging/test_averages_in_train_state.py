@@ -11,7 +11,7 @@ from flan_moe.model.config import get_config
 from flan_moe.training.loop import TrainConfig, train
 from flan_moe.training.optimizers import OptimizerConfig
 from flan_moe.training.synthetic import synthetic_batch, synthetic_batches
-from flan_moe.training.trainer import Trainer
+from flan_moe.training.trainer import TRAINER_CACHE
 
 LENGTHS = {"inputs": 12, "targets": 6}
 CONFIG = get_config("tiny", dtype="float32")
@@ -21,7 +21,7 @@ OPT = OptimizerConfig(name="adamw", learning_rate=1e-2, ema_decay=0.0, swa_start
 @pytest.fixture(scope="module")
 def trainer():
     mesh = partitioning.make_mesh(data=1, devices=jax.devices()[:1])
-    return Trainer(model_config=CONFIG, optimizer_config=OPT, mesh=mesh)
+    return TRAINER_CACHE.get_or_build(model_config=CONFIG, optimizer_config=OPT, mesh=mesh)
 
 
 def test_ema_decay_zero_is_raw_and_swa_is_the_mean(trainer):

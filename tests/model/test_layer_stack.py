@@ -11,6 +11,7 @@ from flan_moe.model import layer_stack
 from flan_moe.model.config import get_config
 from flan_moe.model.transformer import EncoderDecoder
 from flan_moe.models import LossConfig, loss_fn
+from tests.model.test_transformer import decode_one_token_at_a_time
 from tests.random_params import random_params
 
 # 4 + 4 layers so a stack has two scanned blocks of (dense, sparse) layers.
@@ -121,25 +122,8 @@ def test_scanned_kv_cache_decoding_equals_teacher_forcing():
     params = layer_stack.unrolled_to_scanned(params, config)
     assert params["decoder"]["blocks"]["layers_0"]["mlp"]["wo"].shape[0] == 2
     teacher = np.asarray(model.apply({"params": params}, enc, dec_in))
-    encoded = model.apply({"params": params}, enc, method=model.encode)
-    _, state = model.apply(
-        {"params": params}, encoded, enc, np.zeros_like(dec_in), decode=True,
-        mutable=["cache"], method=model.decode,
-    )  # fmt: skip
-
-    @jax.jit
-    def step(cache, token):
-        logits, state = model.apply(
-            {"params": params, "cache": cache}, encoded, enc, token, decode=True,
-            mutable=["cache"], method=model.decode,
-        )  # fmt: skip
-        return logits, state["cache"]
-
-    cache, outs = state["cache"], []
-    for t in range(dec_in.shape[1]):
-        logits, cache = step(cache, dec_in[:, t : t + 1])
-        outs.append(np.asarray(logits))
-    np.testing.assert_allclose(np.concatenate(outs, axis=1), teacher, rtol=1e-5, atol=1e-5)
+    stepped = decode_one_token_at_a_time(model, params, enc, dec_in)
+    np.testing.assert_allclose(stepped, teacher, rtol=1e-5, atol=1e-5)
 
 
 def test_scan_errors_name_the_fix():

@@ -78,17 +78,23 @@ def test_padding_does_not_change_real_positions(params, forward):
 def test_kv_cache_decoding_equals_teacher_forcing(params, forward):
     enc, dec_in, tgt = _batch(np.random.default_rng(4), 3, 9, 7)
     teacher = np.asarray(forward(params, enc, dec_in, tgt))
-    encoded = MODEL.apply({"params": params}, enc, method=MODEL.encode)
-    _, state = MODEL.apply(
+    stepped = decode_one_token_at_a_time(MODEL, params, enc, dec_in)
+    np.testing.assert_allclose(stepped, teacher, rtol=1e-5, atol=1e-5)
+
+
+def decode_one_token_at_a_time(model, params, enc, dec_in):
+    """Logits [b, l, v] of ``dec_in`` fed one token per step through the KV cache."""
+    encoded = model.apply({"params": params}, enc, method=model.encode)
+    _, state = model.apply(
         {"params": params}, encoded, enc, np.zeros_like(dec_in), decode=True,
-        mutable=["cache"], method=MODEL.decode,
+        mutable=["cache"], method=model.decode,
     )  # fmt: skip
 
     @jax.jit
     def step(cache, token):
-        logits, state = MODEL.apply(
+        logits, state = model.apply(
             {"params": params, "cache": cache}, encoded, enc, token, decode=True,
-            mutable=["cache"], method=MODEL.decode,
+            mutable=["cache"], method=model.decode,
         )  # fmt: skip
         return logits, state["cache"]
 
@@ -96,7 +102,7 @@ def test_kv_cache_decoding_equals_teacher_forcing(params, forward):
     for t in range(dec_in.shape[1]):
         logits, cache = step(cache, dec_in[:, t : t + 1])
         outs.append(np.asarray(logits))
-    np.testing.assert_allclose(np.concatenate(outs, axis=1), teacher, rtol=1e-5, atol=1e-5)
+    return np.concatenate(outs, axis=1)
 
 
 def _loss(logits, targets):

@@ -24,7 +24,9 @@ def exports(tmp_path, monkeypatch, data_dir):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    import tasks
+    from flan_moe.cli.task_registry import register_tasks
+
+    tasks = register_tasks()
 
     rows = {
         (source, template): [_row(source, template, i) for i in range(6)]

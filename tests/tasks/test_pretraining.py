@@ -10,7 +10,9 @@ LENGTHS = {"inputs": 64, "targets": 16}  # span_corruption_lengths(64) = (70, 14
 def registry(data_dir):
     import seqio
 
-    import tasks
+    from flan_moe.cli.task_registry import register_tasks
+
+    tasks = register_tasks()
     from flan_moe.data import iterators
 
     return seqio, tasks, iterators
@@ -43,7 +45,9 @@ def test_c4_span_corruption_on_mock_data(registry, monkeypatch):
     seqio, tasks, iterators = registry
     import tensorflow_datasets as tfds
 
-    from tasks import flan_collection
+    from flan_moe.cli.task_registry import register_tasks
+
+    flan_collection = register_tasks().flan_collection
 
     monkeypatch.setattr(flan_collection, "REQUIRE_PREPARED", False)
     monkeypatch.setattr(

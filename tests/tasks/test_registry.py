@@ -15,7 +15,9 @@ TINY = {"inputs": 128, "targets": 64}
 def registry(data_dir):
     import seqio
 
-    import tasks
+    from flan_moe.cli.task_registry import register_tasks
+
+    tasks = register_tasks()
     from flan_moe.data import iterators
 
     return seqio, tasks, iterators
@@ -114,7 +116,9 @@ def test_heldout_data_is_in_no_training_mixture(registry):
 def mock_tfds(registry, monkeypatch):
     import tensorflow_datasets as tfds
 
-    from tasks import flan_collection
+    from flan_moe.cli.task_registry import register_tasks
+
+    flan_collection = register_tasks().flan_collection
 
     monkeypatch.setattr(flan_collection, "REQUIRE_PREPARED", False)
     monkeypatch.setattr(
@@ -151,7 +155,9 @@ def test_every_tfds_task_and_the_flan2022_mixture_on_mock_data(registry, mock_tf
 
 
 def test_tfds_few_shot_window_never_uses_the_evaluated_example():
-    from tasks import flan_collection
+    from flan_moe.cli.task_registry import register_tasks
+
+    flan_collection = register_tasks().flan_collection
 
     qs = np.array([b"q1", b"q2", b"q3", b"q4"], dtype=object)
     empty = np.array([b""] * 4, dtype=object)

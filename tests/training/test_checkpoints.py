@@ -18,7 +18,7 @@ from flan_moe.training.checkpoints import (
 from flan_moe.training.loop import TrainConfig, train
 from flan_moe.training.optimizers import OptimizerConfig
 from flan_moe.training.synthetic import synthetic_batches
-from flan_moe.training.trainer import Trainer
+from flan_moe.training.trainer import TRAINER_CACHE
 
 LENGTHS = {"inputs": 12, "targets": 6}
 # Dropout on, so the resumed run must also continue the RNG stream.
@@ -36,13 +36,16 @@ def _factory(start):
 @pytest.fixture(scope="module")
 def trainer():
     mesh = partitioning.make_mesh(data=1, devices=jax.devices()[:1])
-    return Trainer(model_config=CONFIG, optimizer_config=OPT, mesh=mesh)
+    return TRAINER_CACHE.get_or_build(model_config=CONFIG, optimizer_config=OPT, mesh=mesh)
 
 
-def _train(trainer, model_dir, steps, **kwargs):
+def _train(trainer, model_dir, steps, *, log_every=50, **kwargs):
+    config = TrainConfig(
+        train_steps=steps, batch_size=8, checkpoint_every=2, log_every=log_every, seed=7
+    )
     return train(
         model_config=CONFIG,
-        train_config=TrainConfig(train_steps=steps, batch_size=8, checkpoint_every=2, seed=7),
+        train_config=config,
         optimizer_config=OPT,
         iterator_factory=_factory,
         model_dir=str(model_dir),

@@ -14,31 +14,23 @@ from flan_moe import partitioning
 from flan_moe.training import integrity
 from flan_moe.training.checkpoints import Checkpointer, latest_checkpoint, load_params
 from flan_moe.training.integrity import CheckpointDamagedError
-from flan_moe.training.loop import NonFiniteLossError, TrainConfig, train
+from flan_moe.training.loop import NonFiniteLossError
 from flan_moe.training.model_dir_lock import ModelDirLockedError, model_dir_lock
-from flan_moe.training.trainer import Trainer
-from tests.training.test_checkpoints import CONFIG, META, OPT, _assert_bitwise_equal, _factory
+from flan_moe.training.trainer import TRAINER_CACHE
+from tests.training.test_checkpoints import CONFIG, OPT, _assert_bitwise_equal, _factory
+from tests.training.test_checkpoints import _train as train_for_checkpoints
 
 
 @pytest.fixture(scope="module")
 def trainer():
     mesh = partitioning.make_mesh(data=1, devices=jax.devices()[:1])
-    return Trainer(model_config=CONFIG, optimizer_config=OPT, mesh=mesh)  # cached: shared
+    return TRAINER_CACHE.get_or_build(
+        model_config=CONFIG, optimizer_config=OPT, mesh=mesh
+    )  # shared
 
 
 def _train(trainer, model_dir, steps, **kwargs):
-    return train(
-        model_config=CONFIG,
-        train_config=TrainConfig(
-            train_steps=steps, batch_size=8, checkpoint_every=2, log_every=1, seed=7
-        ),
-        optimizer_config=OPT,
-        iterator_factory=_factory,
-        model_dir=str(model_dir),
-        trainer=trainer,
-        run_metadata=META,
-        **kwargs,
-    )
+    return train_for_checkpoints(trainer, model_dir, steps, log_every=1, **kwargs)
 
 
 @pytest.fixture(scope="module")

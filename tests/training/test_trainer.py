@@ -9,7 +9,7 @@ from flan_moe.model.config import get_config
 from flan_moe.training.loop import NonFiniteLossError, TrainConfig, train
 from flan_moe.training.optimizers import OptimizerConfig, path_str
 from flan_moe.training.synthetic import synthetic_batch, synthetic_batches
-from flan_moe.training.trainer import Trainer
+from flan_moe.training.trainer import TRAINER_CACHE, Trainer
 
 LENGTHS = {"inputs": 12, "targets": 6}
 CONFIG = get_config("tiny", dtype="float32")  # dropout 0: steps are deterministic
@@ -28,7 +28,7 @@ def _one_device():
 
 @pytest.fixture(scope="module")
 def single():
-    return Trainer(model_config=CONFIG, optimizer_config=OPT, mesh=_one_device())
+    return TRAINER_CACHE.get_or_build(model_config=CONFIG, optimizer_config=OPT, mesh=_one_device())
 
 
 def _grads(trainer, params, batch):
@@ -166,3 +166,36 @@ def test_freeze_gate_on_a_switch_model_trains_experts_not_routers():
         assert not np.array_equal(after[name], before[name]), name
     assert np.isfinite(float(metrics["load_balancing_loss"]))
     assert float(metrics["load_balancing_loss"]) > 0
+
+
+def test_constructor_builds_and_the_named_cache_reuses_by_documented_key():
+    from flan_moe.models import LossConfig
+    from flan_moe.training.trainer import TrainerCache
+
+    mesh = _one_device()
+    assert Trainer(model_config=CONFIG, optimizer_config=OPT, mesh=mesh) is not Trainer(
+        model_config=CONFIG, optimizer_config=OPT, mesh=mesh
+    )
+    cache = TrainerCache(maxsize=1)
+    first = cache.get_or_build(model_config=CONFIG, optimizer_config=OPT, mesh=mesh)
+    # The defaults are part of the key: spelling them out finds the same trainer.
+    same = cache.get_or_build(
+        model_config=CONFIG,
+        optimizer_config=OPT,
+        loss_config=LossConfig(),
+        mesh=_one_device(),
+        num_microbatches=1,
+    )
+    assert same is first and len(cache) == 1
+    assert cache.key_of(model_config=CONFIG, optimizer_config=OPT, mesh=mesh) == (
+        CONFIG, OPT, LossConfig(), mesh, 1
+    )  # fmt: skip
+    other = cache.get_or_build(model_config=CONFIG, optimizer_config=OPT, mesh=mesh,
+                               num_microbatches=2)  # fmt: skip
+    assert other is not first and other.num_microbatches == 2
+    assert len(cache) == 1  # maxsize 1: the least recently used one was evicted
+    assert cache.get_or_build(model_config=CONFIG, optimizer_config=OPT, mesh=mesh) is not first
+    cache.clear()
+    assert len(cache) == 0
+    with pytest.raises(ValueError, match="maxsize"):
+        TrainerCache(maxsize=0)
