@@ -44,15 +44,7 @@ MERGE_METHODS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      ("--density=0.5", "--rescale=inverse_density", "--seed=0", "--lam=1.0")),
 )  # fmt: skip
 CLUSTERS = (("knowledge", "flan_local_knowledge"), ("commonsense", "flan_local_commonsense"))
-# The proxy-tuning base: a larger dense model per scale (model gin stem, MODEL_OVERRIDES).
-LARGE_ROLE = "dense_large"
-LARGER_DENSE: dict[str, tuple[str, dict[str, Any]]] = {
-    "tiny": ("switch_tiny_dense", {"d_model": 64, "head_dim": 16, "d_ff": 256,
-                                   "num_encoder_layers": 3, "num_decoder_layers": 3}),
-    "small": ("switch_base_dense", {}),
-    "base": ("switch_large_dense", {}),
-    "paper": ("switch_large_dense", {}),
-}  # fmt: skip
+LARGE_ROLE = "dense_large"  # settings._LARGER_DENSE maps it to a model per scale
 _FAMILIES = (("dense", "dense"), ("moe", "switch"))
 
 
@@ -103,39 +95,6 @@ EXPERIMENTS: dict[str, Callable[[Scale], Experiment]] = {
 # ------------------------------------------------------------------------------- stages
 
 
-def _with_large_role(scale: Scale) -> Scale:
-    """The scale with the proxy base's role (``LARGE_ROLE``) mapped to its model file."""
-    models = {**scale.models, LARGE_ROLE: LARGER_DENSE[scale.name][0]}
-    return dataclasses.replace(scale, models=models)
-
-
-def _run_bindings(scale: Scale, run: ModelRun) -> ModelRun:
-    if run.role != LARGE_ROLE or not LARGER_DENSE[scale.name][1]:
-        return run
-    overrides = (("MODEL_OVERRIDES", LARGER_DENSE[scale.name][1]),)
-    return dataclasses.replace(run, bindings=(*run.bindings, *overrides))
-
-
-def _pretrained(experiment, scale, root, in_process):
-    """{role: StartingPoint} with each role's pre-training stage (run bindings applied,
-    so the larger proxy base gets its MODEL_OVERRIDES)."""
-    from flan_moe.experiments import runner
-
-    starts = runner.plan_starting_points(experiment, scale, root, in_process=in_process)
-    for run in experiment.runs:
-        start = starts[run.role]
-        if not start.stages or not run.bindings:
-            continue
-        bound = dataclasses.replace(run, bindings=(*scale.pretrain_bindings.items(), *run.bindings))
-        command = runner._train_command(
-            scale, bound, model_dir=Path(start.checkpoint), task=scale.pretrain_task,
-            steps=scale.pretrain_steps, initial_checkpoint=None, run_gin="pretrain.gin",
-        )  # fmt: skip
-        stage = runner._stage(start.stages[0].name, command, (), in_process)
-        starts[run.role] = dataclasses.replace(start, stages=(stage,))
-    return starts
-
-
 def _train(scale, run, root, name, *, start, task, extra=(), in_process) -> tuple[Any, Path]:
     """One instruction-tuning stage of ``run`` from ``start``: (stage, its MODEL_DIR)."""
     from flan_moe.experiments import runner
@@ -149,7 +108,7 @@ def _train(scale, run, root, name, *, start, task, extra=(), in_process) -> tupl
     return runner._stage(name, command, start.depends_on, in_process), model_dir
 
 
-def _arm(experiment, scale, root, label, attributes, *, checkpoint, flags=(), depends,
+def _arm(experiment, scale, root, label, role, attributes, *, checkpoint, flags=(), depends,
          stages=(), in_process):  # fmt: skip
     """A report row: ``stages`` then its evaluation into ``<arm>/results/``."""
     from flan_moe.experiments import runner
@@ -163,7 +122,7 @@ def _arm(experiment, scale, root, label, attributes, *, checkpoint, flags=(), de
         command = (*command, f"--output_dir={results}", *flags)
         evals.append(runner._stage(f"{name}/eval_{mode}_{SHOTS}shot", command, depends,
                                    in_process))  # fmt: skip
-    run = ModelRun(label, "", attributes=attributes)
+    run = ModelRun(label, role, attributes=attributes)
     return runner.RunPlan(run, (*stages, *evals), results)
 
 
@@ -202,7 +161,7 @@ def _plan_weight_averaging(experiment, scale, root, starts, in_process):
         )  # fmt: skip
         for i, (weights, what) in enumerate(choices):
             plans.append(_arm(
-                experiment, scale, root, f"{family}: {what}",
+                experiment, scale, root, f"{family}: {what}", run.role,
                 {"family": family, "weights": weights}, checkpoint=model_dir,
                 flags=(f"--weights={weights}",), depends=(it.name,),
                 stages=(*start.stages, it) if i == 0 else (), in_process=in_process,
@@ -236,7 +195,7 @@ def _plan_merging(experiment, scale, root, starts, in_process):
             what = "tuned on the union (flan_local)" if cluster == "union" else (
                 f"tuned on the {cluster} cluster only")  # fmt: skip
             plans.append(_arm(
-                experiment, scale, root, f"{family}: {what}",
+                experiment, scale, root, f"{family}: {what}", run.role,
                 {"family": family, "arm": cluster}, checkpoint=model_dir,
                 depends=(stage.name,), stages=(*(start.stages if i == 0 else ()), stage),
                 in_process=in_process,
@@ -253,7 +212,7 @@ def _plan_merging(experiment, scale, root, starts, in_process):
                     (*flags, *(("--align_experts",) if align else ())), in_process, depends,
                 )  # fmt: skip
                 plans.append(_arm(
-                    experiment, scale, root, arm,
+                    experiment, scale, root, arm, run.role,
                     {"family": family, "arm": "merged", "method": method, "aligned": align},
                     checkpoint=out, depends=(merge.name,), stages=(merge,),
                     in_process=in_process,
@@ -270,20 +229,20 @@ def _plan_proxy(experiment, scale, root, starts, in_process):
                                  start=little, task=INSTRUCTION_MIXTURE,
                                  in_process=in_process)  # fmt: skip
     base_dir, anti_dir = Path(big.checkpoint), Path(little.checkpoint)
-    arm = lambda label, role, **kw: _arm(
-        experiment, scale, root, label, {"role": role}, in_process=in_process, **kw
+    arm = lambda label, side, model, **kw: _arm(
+        experiment, scale, root, label, model.role, {"role": side}, in_process=in_process, **kw
     )
     proxy = f"--proxy=base={base_dir},expert={small_dir},antiexpert={anti_dir}"
     return [
-        arm("large dense, untuned (base)", "base", checkpoint=base_dir,
+        arm("large dense, untuned (base)", "base", large, checkpoint=base_dir,
             depends=big.depends_on, stages=big.stages),
-        arm("large dense, instruction-tuned (tuned)", "tuned", checkpoint=big_dir,
+        arm("large dense, instruction-tuned (tuned)", "tuned", large, checkpoint=big_dir,
             depends=(big_it.name,), stages=(big_it,)),
-        arm("small Switch, untuned (anti-expert)", "antiexpert", checkpoint=anti_dir,
+        arm("small Switch, untuned (anti-expert)", "antiexpert", small, checkpoint=anti_dir,
             depends=little.depends_on, stages=little.stages),
-        arm("small Switch, instruction-tuned (expert)", "expert", checkpoint=small_dir,
+        arm("small Switch, instruction-tuned (expert)", "expert", small, checkpoint=small_dir,
             depends=(small_it.name,), stages=(small_it,)),
-        arm("large dense proxy-tuned by the small Switch pair (alpha 1)", "proxy",
+        arm("large dense proxy-tuned by the small Switch pair (alpha 1)", "proxy", large,
             checkpoint=base_dir, flags=(proxy, "--proxy_alpha=1.0"),
             depends=(*big.depends_on, *little.depends_on, small_it.name)),
     ]  # fmt: skip
@@ -293,12 +252,9 @@ def plan_experiment(
     experiment: Experiment, scale: Scale, root: Path, *, in_process: bool = False
 ) -> list:
     """Every arm's stages (``runner.RunPlan``s); pre-training comes with the first arm."""
-    if experiment.name == "ablation_proxy_tuning":
-        scale = _with_large_role(scale)
-        experiment = dataclasses.replace(
-            experiment, runs=tuple(_run_bindings(scale, r) for r in experiment.runs)
-        )
-    starts = _pretrained(experiment, scale, root, in_process)
+    from flan_moe.experiments import runner
+
+    starts = runner.plan_starting_points(experiment, scale, root, in_process=in_process)
     planner = {
         "ablation_weight_averaging": _plan_weight_averaging,
         "ablation_merging": _plan_merging,

@@ -145,6 +145,16 @@ SCALES: dict[str, Scale] = {
 }  # fmt: skip
 
 
+# The larger dense model ablation_proxy_tuning steers with a small tuned/untuned pair
+# (role "dense_large"; at base / paper PRETRAINED_DENSE_LARGE).
+_LARGER_DENSE = {"tiny": "switch_tiny_dense_large", "small": "switch_base_dense",
+                 "base": "switch_large_dense", "paper": "switch_large_dense"}  # fmt: skip
+for _name, _model in _LARGER_DENSE.items():
+    SCALES[_name] = dataclasses.replace(
+        SCALES[_name], models={**SCALES[_name].models, "dense_large": _model}
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Construction:
     """A run whose initial checkpoint is built from the experiment's dense source model
