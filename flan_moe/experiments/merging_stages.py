@@ -119,6 +119,8 @@ def _arm(experiment, scale, root, label, role, attributes, *, checkpoint, flags=
     for mode in experiment.eval_modes:
         command = runner._eval_command(scale, experiment, model_dir=checkpoint, mode=mode,
                                        shots=SHOTS)  # fmt: skip
+        if any(f.startswith("--proxy=") for f in flags):  # the three models come with --proxy
+            command = tuple(a for a in command if not a.startswith("--checkpoint_dir="))
         command = (*command, f"--output_dir={results}", *flags)
         evals.append(runner._stage(f"{name}/eval_{mode}_{SHOTS}shot", command, depends,
                                    in_process))  # fmt: skip

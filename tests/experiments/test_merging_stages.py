@@ -77,6 +77,7 @@ def test_proxy_tuning_steers_the_large_base_with_the_small_pair():
         "antiexpert": str(ROOT / "pretrain" / "switch" / "model"),
     }
     assert "--proxy_alpha=1.0" in proxy.command
+    assert _flag(proxy, "--checkpoint_dir=") is None
     large = next(s for p in plans for s in p.stages if s.name == "pretrain/dense_large")
     assert "--gin.MODEL_NAME" not in " ".join(large.command)  # from the model gin file
     assert any(a.endswith("switch_tiny_dense_large.gin") for a in large.command)
