@@ -462,35 +462,57 @@ def generate(
     score; otherwise the emitted tokens and their summed log-probability.
     """
     b = encoder_input_tokens.shape[0]
-    t = config.max_decode_len
     active = jnp.any(encoder_input_tokens > 0, axis=1)  # all-pad rows are batch padding
     encoded = model.apply(_variables(params), encoder_input_tokens, method="encode")
+    rows = config.beam_size if config.strategy == "beam" else 1
+    encoded = repeat_beams(encoded, rows)
+    enc_tokens = repeat_beams(encoder_input_tokens, rows)
+    cache = init_cache(model, params, encoded, enc_tokens, config.max_decode_len)
+    step = model_step_fn(model, params, encoded, enc_tokens)
+    return decode_with_step(
+        step, cache, config=config, batch_size=b, eos_id=eos_id, rng=rng, active=active
+    )
+
+
+def decode_with_step(
+    step_fn: StepFn,
+    cache: Cache,
+    *,
+    config: DecodeConfig,
+    batch_size: int,
+    eos_id: int,
+    rng: Array | None = None,
+    active: Array | None = None,
+) -> tuple[Array, Array]:
+    """The search ``config`` names (greedy, sampling, beam) over any step function.
+
+    ``step_fn`` and ``cache`` serve ``batch_size`` rows, or ``batch_size * beam_size`` for
+    beam search (example-major, as `repeat_beams` lays them out). Returns (tokens [b, t],
+    scores [b]) as `generate` does. `generate` drives it with the model's step function;
+    proxy-tuning (``flan_moe.merging.proxy``) with three models' steps combined.
+    """
     if config.strategy == "beam":
-        k = config.beam_size
-        encoded = repeat_beams(encoded, k)
-        enc_tokens = repeat_beams(encoder_input_tokens, k)
-        cache = init_cache(model, params, encoded, enc_tokens, t)
         out = beam_search(
-            model_step_fn(model, params, encoded, enc_tokens),
+            step_fn,
             cache,
-            batch_size=b,
-            beam_size=k,
-            max_decode_len=t,
+            batch_size=batch_size,
+            beam_size=config.beam_size,
+            max_decode_len=config.max_decode_len,
             eos_id=eos_id,
             alpha=config.alpha,
             active=active,
         )
         return out.tokens[:, 0], out.scores[:, 0]
-    cache = init_cache(model, params, encoded, encoder_input_tokens, t)
+    sample = config.strategy == "sample"
     out = sample_decode(
-        model_step_fn(model, params, encoded, encoder_input_tokens),
+        step_fn,
         cache,
-        batch_size=b,
-        max_decode_len=t,
+        batch_size=batch_size,
+        max_decode_len=config.max_decode_len,
         eos_id=eos_id,
         rng=rng,
-        temperature=config.temperature if config.strategy == "sample" else 0.0,
-        top_k=config.top_k if config.strategy == "sample" else 0,
+        temperature=config.temperature if sample else 0.0,
+        top_k=config.top_k if sample else 0,
         active=active,
     )
     return out.tokens, out.log_probs

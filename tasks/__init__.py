@@ -6,7 +6,8 @@ from a checkout alike. Imports inside the package are relative, so it works unde
 either name.
 
 - ``tasks.local_flan``: the local FLAN mix (``flan_mini.*``, ``flan_cot.*``, ``flan_mini``,
-  ``flan_cot``, ``flan_local``, ``flan2022_local``).
+  ``flan_cot``, ``flan_local``, ``flan2022_local``); ``tasks.local_clusters``: its two disjoint
+  task clusters (``flan_local_knowledge``, ``flan_local_commonsense``; ablation_merging).
 - ``tasks.flan_collection``: the TFDS-backed FLAN collection (``flan.*``, ``flan2021_tfds``,
   ``t0_tfds``, ``flan2022``).
 - ``tasks.flan2022_exports``: the Flan 2022 collection from its public jsonl / parquet
@@ -19,9 +20,17 @@ either name.
 Names are documented in WORKSPACE.md.
 """
 
-from . import flan2022_exports, flan_collection, heldout, local_flan, pretraining
+from . import (
+    flan2022_exports,
+    flan_collection,
+    heldout,
+    local_clusters,
+    local_flan,
+    pretraining,
+)
 
 local_flan.register()
+local_clusters.register()
 heldout.register()
 flan_collection.register()
 pretraining.register()
@@ -29,6 +38,7 @@ flan2022_exports.register()
 
 TRAINING_MIXTURES: tuple[str, ...] = (
     *local_flan.LOCAL_MIXTURES,
+    *local_clusters.CLUSTER_MIXTURES,
     *flan_collection.TFDS_MIXTURES,
     *flan2022_exports.EXPORT_MIXTURES,
 )

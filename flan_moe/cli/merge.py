@@ -13,8 +13,8 @@ Each path is a MODEL_DIR (its latest checkpoint) or a ``checkpoint_<step>`` dire
 ``--align_experts`` first permutes every model's experts (and router columns) to match
 the first model's (``flan_moe.merging.alignment``, Hungarian weight matching).
 
-All models (and the base) must have the same model config and vocabulary: a difference
-is an error naming both. The output is ``OUT_DIR/checkpoint_0`` (fresh optimizer state)
+All models (and the base) must have the same architecture (dropout rates aside) and
+vocabulary: a difference is an error naming both. The output is ``OUT_DIR/checkpoint_0`` (fresh optimizer state)
 that ``flan_moe.cli.eval`` reads and training can start from (INITIAL_CHECKPOINT_PATH);
 its metadata records the recipe under ``"merge"``.
 """
@@ -59,13 +59,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def architecture(config):
+    """The config without its training-time settings (dropout rates): a model pre-trained
+    without dropout and its fine-tunes with dropout share one architecture."""
+    moe = config.moe.replace(expert_dropout_rate=0.0) if config.moe is not None else None
+    return config.replace(dropout_rate=0.0, moe=moe)
+
+
 def _load_all(paths: list[str]):
     from flan_moe.training.checkpoints import load_params
 
     loaded = [load_params(p) for p in paths]
     config, meta0 = loaded[0][1], loaded[0][2]
     for path, (_, cfg, meta) in zip(paths[1:], loaded[1:], strict=True):
-        if cfg != config:
+        if architecture(cfg) != architecture(config):
             raise SystemExit(
                 f"{path} has model config {cfg.name!r}, {paths[0]} has {config.name!r} "
                 f"(or they differ in a field): merge models of one architecture"

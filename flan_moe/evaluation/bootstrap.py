@@ -200,3 +200,46 @@ def outcomes_from_bits(bits: Mapping[str, str]) -> dict[str, np.ndarray]:
 
 def outcomes_to_bits(outcomes: Outcomes) -> dict[str, str]:
     return {n: "".join("1" if v else "0" for v in values) for n, values in outcomes.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class GapClosed:
+    """(proxy - base) / (tuned - base) and its paired bootstrap interval; ``undefined``:
+    resamples where tuned == base (left out of the percentiles, counted here)."""
+
+    interval: Interval | None  # None when tuned == base on the data itself
+    undefined: int
+    num_samples: int
+
+
+def gap_closed(
+    proxy: Sequence[Component],
+    base: Sequence[Component],
+    tuned: Sequence[Component],
+    *,
+    num_samples: int = NUM_SAMPLES,
+    seed: int = SEED,
+    level: float = LEVEL,
+) -> GapClosed:
+    """The share of the tuned model's gain over the base that proxy-tuning recovers.
+
+    Paired: each bootstrap sample redraws the same questions for all three models (the
+    three sides must be evaluated on the same questions); a cell of several components
+    (an average of suites) averages them per sample before the ratio.
+    """
+    if not (len(proxy) == len(base) == len(tuned)) or not proxy:
+        raise ValueError("gap_closed needs matching components for proxy, base and tuned")
+    points, samples = [], []
+    for i, sides in enumerate(zip(proxy, base, tuned)):
+        _check_paired(sides[0], sides[1])
+        _check_paired(sides[0], sides[2])
+        drawn = [_component_samples(c, num_samples, seed + i) for c in sides]
+        points.append([p for p, _ in drawn])
+        samples.append([s for _, s in drawn])
+    (p, b, t), (sp, sb, st) = np.mean(points, axis=0), np.mean(samples, axis=0)
+    defined = st != sb
+    if t == b:
+        return GapClosed(None, int((~defined).sum()), num_samples)
+    ratios = (sp[defined] - sb[defined]) / (st[defined] - sb[defined])
+    found = _interval(float((p - b) / (t - b)), ratios, level) if ratios.size else None
+    return GapClosed(found, int((~defined).sum()), num_samples)

@@ -391,6 +391,9 @@ def plan_experiment(
     Raises ``ValueError`` (before anything runs) when a pretrained checkpoint or the
     vocabulary the scale requires is missing.
     """
+    if experiment.stages_module:  # an experiment that plans itself (e.g. merging_stages)
+        own = importlib.import_module(f"flan_moe.experiments.{experiment.stages_module}")
+        return own.plan_experiment(experiment, scale, root, in_process=in_process)
     starts = plan_starting_points(experiment, scale, root, in_process=in_process)
     planned: set[str] = set()
 
@@ -449,6 +452,9 @@ def build_report(
 ) -> dict[str, Path]:
     """``stale_runs``: labels of runs with a stale stage (``--keep-stale``); their cells
     are marked "(stale)" in the tables and listed in the notes."""
+    if experiment.stages_module:  # its own tables (e.g. merging_stages)
+        own = importlib.import_module(f"flan_moe.experiments.{experiment.stages_module}")
+        return own.build_report(experiment, scale, plans, root, stale_runs=stale_runs)
     runs = [
         report.Run(
             label=p.run.label + (" (stale)" if p.run.label in stale_runs else ""),

@@ -145,6 +145,16 @@ SCALES: dict[str, Scale] = {
 }  # fmt: skip
 
 
+# The larger dense model ablation_proxy_tuning steers with a small tuned/untuned pair
+# (role "dense_large"; at base / paper PRETRAINED_DENSE_LARGE).
+_LARGER_DENSE = {"tiny": "switch_tiny_dense_large", "small": "switch_base_dense",
+                 "base": "switch_large_dense", "paper": "switch_large_dense"}  # fmt: skip
+for _name, _model in _LARGER_DENSE.items():
+    SCALES[_name] = dataclasses.replace(
+        SCALES[_name], models={**SCALES[_name].models, "dense_large": _model}
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Construction:
     """A run whose initial checkpoint is built from the experiment's dense source model
@@ -185,6 +195,9 @@ class Experiment:
     eval_suites: tuple[str, ...] = ("mmlu", "bbh")
     baseline: str | None = None  # the ablation's reference row
     figures: tuple[str, ...] = ()
+    # A module of flan_moe.experiments that plans and reports this experiment itself
+    # (``plan_experiment`` / ``build_report``), e.g. "merging_stages"; None = the runner's.
+    stages_module: str | None = None
 
 
 # Single-task finetuning (settings 1 and 3): GSM8K's chain-of-thought training data,
@@ -378,6 +391,18 @@ def _moe_init(scale: Scale) -> Experiment:
     )  # fmt: skip
 
 
+def _planned_by_merging_stages(name: str) -> Callable[[Scale], Experiment]:
+    """The averaging / merging / proxy-tuning ablations, declared and planned in
+    ``flan_moe.experiments.merging_stages`` (imported when first asked for)."""
+
+    def build(scale: Scale) -> Experiment:
+        from flan_moe.experiments import merging_stages
+
+        return merging_stages.EXPERIMENTS[name](scale)
+
+    return build
+
+
 # Each builder takes the scale: most experiments are the same at every scale; the
 # expert-count ablation uses the expert counts the scale provides.
 EXPERIMENTS: dict[str, Callable[[Scale], Experiment]] = {
@@ -391,6 +416,10 @@ EXPERIMENTS: dict[str, Callable[[Scale], Experiment]] = {
     "ablation_expert_dropout": _expert_dropout,
     "ablation_data_efficiency": _data_efficiency,
     "ablation_moe_init": _moe_init,
+    **{
+        name: _planned_by_merging_stages(name)
+        for name in ("ablation_weight_averaging", "ablation_merging", "ablation_proxy_tuning")
+    },
 }
 ALIASES = {"setting1": "setting1_direct_finetune", "setting2": "setting2_instruction_tuning",
            "setting3": "setting3_instruction_then_finetune"}  # fmt: skip

@@ -6,9 +6,11 @@ anti-expert M- (the same small model, untuned). The next-token logits are
 
     l = l_base + alpha * (l_expert - l_antiexpert)
 
-(raw logits, not log-probs; since log_softmax only shifts each row by a constant, both
-give the same distribution: p ∝ p_base * (p_expert / p_antiexpert)^alpha). The search
-(greedy, sampling, beam; ``flan_moe.decoding``) then runs on log_softmax(l). Rank
+(each model's logits or its log-probs: log_softmax only shifts a row by a constant, so
+both give the same distribution, p ∝ p_base * (p_expert / p_antiexpert)^alpha; decoding
+combines the log-probs its step functions return). The search (greedy, sampling, beam:
+``flan_moe.decoding.decode_with_step``, the decoder every model uses) then runs on
+log_softmax(l). Rank
 classification scores each option by the same combined per-token log-probabilities.
 
 Logits are cut to the common width ``min(vocab_size)`` (T5 pads its 32100 ids to 32128;
@@ -61,19 +63,6 @@ def combine(logits: Sequence[Array], alpha: float, width: int) -> Array:
     return jax.nn.log_softmax(base + alpha * (expert - anti))
 
 
-def _step_logits(model, params, encoded, enc_tokens, tokens, cache):
-    logits, mutated = model.apply(
-        {"params": params, "cache": cache},
-        encoded,
-        enc_tokens,
-        tokens,
-        decode=True,
-        mutable=["cache", *decoding._MOE_COLLECTIONS],
-        method="decode",
-    )
-    return logits[:, -1, :], mutated["cache"]
-
-
 def proxy_generate(
     proxy: ProxyModels,
     params: tuple[Any, Any, Any],
@@ -83,51 +72,28 @@ def proxy_generate(
     eos_id: int,
     rng: Array | None = None,
 ) -> tuple[Array, Array]:
-    """`flan_moe.decoding.generate` with the proxy-tuned next-token distribution."""
+    """`flan_moe.decoding.generate` with the proxy-tuned next-token distribution: the
+    standard search (`decoding.decode_with_step`) over the three models' step functions
+    (`decoding.model_step_fn`, one KV cache each) combined by `combine`."""
     b, t = encoder_input_tokens.shape[0], config.max_decode_len
-    beams = config.beam_size if config.strategy == "beam" else 1
-    enc_tokens = decoding.repeat_beams(encoder_input_tokens, beams)
-    active = jnp.any(encoder_input_tokens > 0, axis=1)
-    encoded, caches = [], []
+    rows = config.beam_size if config.strategy == "beam" else 1
+    enc_tokens = decoding.repeat_beams(encoder_input_tokens, rows)
+    steps, caches = [], []
     for model, p in zip(proxy.models, params, strict=True):
-        e = decoding.repeat_beams(
-            model.apply({"params": p}, encoder_input_tokens, method="encode"), beams
+        encoded = decoding.repeat_beams(
+            model.apply({"params": p}, encoder_input_tokens, method="encode"), rows
         )
-        encoded.append(e)
-        caches.append(decoding.init_cache(model, p, e, enc_tokens, t))
+        steps.append(decoding.model_step_fn(model, p, encoded, enc_tokens))
+        caches.append(decoding.init_cache(model, p, encoded, enc_tokens, t))
 
     def step(tokens, cache):
-        outs = [
-            _step_logits(m, p, e, enc_tokens, tokens, c)
-            for m, p, e, c in zip(proxy.models, params, encoded, cache, strict=True)
-        ]
+        outs = [s(tokens, c) for s, c in zip(steps, cache, strict=True)]
         return combine([o[0] for o in outs], proxy.alpha, proxy.width), tuple(o[1] for o in outs)
 
-    if config.strategy == "beam":
-        out = decoding.beam_search(
-            step,
-            tuple(caches),
-            batch_size=b,
-            beam_size=beams,
-            max_decode_len=t,
-            eos_id=eos_id,
-            alpha=config.alpha,
-            active=active,
-        )
-        return out.tokens[:, 0], out.scores[:, 0]
-    sample = config.strategy == "sample"
-    out = decoding.sample_decode(
-        step,
-        tuple(caches),
-        batch_size=b,
-        max_decode_len=t,
-        eos_id=eos_id,
-        rng=rng,
-        temperature=config.temperature if sample else 0.0,
-        top_k=config.top_k if sample else 0,
-        active=active,
+    active = jnp.any(encoder_input_tokens > 0, axis=1)
+    return decoding.decode_with_step(
+        step, tuple(caches), config=config, batch_size=b, eos_id=eos_id, rng=rng, active=active
     )
-    return out.tokens, out.log_probs
 
 
 def proxy_option_log_likelihoods(

@@ -457,6 +457,14 @@ for _experts in (4, 16):
         moe=_SWITCH.replace(num_experts=_experts), **_TINY,
     )  # fmt: skip
 
+# The larger untuned model proxy-tuning steers at tiny scale (ablation_proxy_tuning): twice
+# switch_tiny_dense's width, 3+3 layers, the same byte vocabulary.
+SIZES["switch_tiny_dense_large"] = ModelConfig(
+    name="switch_tiny_dense_large", mlp_activation="relu", tie_embeddings=True,
+    **{**_TINY, "d_model": 64, "head_dim": 16, "d_ff": 256, "num_encoder_layers": 3,
+       "num_decoder_layers": 3},
+)  # fmt: skip
+
 # Small variants (the "small" experiment scale): Switch on T5 1.0 small shapes
 # (d_model 512, d_ff 2048, 8 heads, 6+6 layers), the others on T5 v1.1 small shapes.
 _T5_1_0_SMALL = dict(
