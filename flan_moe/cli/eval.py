@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -536,4 +535,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(validation.run_cli(main))
+    from flan_moe.cli.fast_exit import exit_now
+
+    exit_now(validation.run_cli(main))

@@ -320,4 +320,8 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
 
 
 if __name__ == "__main__":
-    sys.exit(validation.run_cli(lambda argv: EXIT_STOPPED if main(argv).stopped else 0))
+    from flan_moe.cli.fast_exit import exit_now
+
+    status = validation.run_cli(lambda argv: EXIT_STOPPED if main(argv).stopped else 0)
+    # multi-host: the ordinary exit runs jax.distributed's shutdown handshake
+    sys.exit(status) if "--multihost" in sys.argv else exit_now(status)
