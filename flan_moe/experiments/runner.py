@@ -520,7 +520,9 @@ def run_experiment(
     root = experiment_root(base_dir, experiment, scale)
     plans = plan_experiment(experiment, scale, root, in_process=in_process)
     stages = [stage for plan in plans for stage in plan.stages]
-    with compile_cache.environment(root):  # subprocess stages share compiled programs
+    # the stages (subprocesses, or functions here) share compiled programs through disk
+    cache = compile_cache.in_process if in_process else compile_cache.environment
+    with cache(root):
         outcomes = pipeline.run_pipeline(
             stages, root, force=force, verbose=verbose, out=out, keep_stale=keep_stale
         )
