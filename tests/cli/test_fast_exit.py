@@ -45,3 +45,23 @@ def test_normal_exit_when_asked(tmp_path):
     assert done.returncode == 3
     assert done.stdout == "buffered stdout"
     assert log == "a log line\n"
+
+
+def test_data_iterators_are_released_off_the_main_thread():
+    import threading
+    import time
+
+    from flan_moe.cli.train import release_in_background
+
+    freed = threading.Event()
+
+    class SlowToDelete:  # like a tf.data iterator waiting for its in-flight work
+        def __del__(self):
+            time.sleep(1.0)
+            freed.set()
+
+    opened = [SlowToDelete()]
+    start = time.perf_counter()
+    release_in_background(opened)
+    assert time.perf_counter() - start < 0.5 and opened == []
+    assert freed.wait(timeout=30)  # ... and it is still freed
