@@ -14,9 +14,9 @@ Each path is a MODEL_DIR (its latest checkpoint) or a ``checkpoint_<step>`` dire
 the first model's (``flan_moe.merging.alignment``, Hungarian weight matching).
 
 All models (and the base) must have the same architecture (dropout rates aside) and
-vocabulary: a difference is an error naming both. The output is ``OUT_DIR/checkpoint_0`` (fresh optimizer state)
-that ``flan_moe.cli.eval`` reads and training can start from (INITIAL_CHECKPOINT_PATH);
-its metadata records the recipe under ``"merge"``.
+vocabulary: a difference is an error naming both. The output is ``OUT_DIR/checkpoint_0``
+(fresh optimizer state) that ``flan_moe.cli.eval`` reads and training can start from
+(INITIAL_CHECKPOINT_PATH); its metadata records the recipe under ``"merge"``.
 """
 
 from __future__ import annotations

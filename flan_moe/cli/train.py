@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -175,6 +176,18 @@ def _iterator_factory(
     return factory
 
 
+def release_in_background(iterators: list) -> None:
+    """Drop the last references to the data iterators on a daemon thread.
+
+    A tf.data iterator's destructor cancels and waits for its in-flight work: measured
+    0.6-12 s for the span-corruption pipeline (packing 128 documents at a time), up to
+    ~50 s on a busy machine, all after the run's last line. The process goes on (and the
+    CLI exits at once, ``fast_exit``) while the thread frees them."""
+    held = list(iterators)
+    iterators.clear()
+    threading.Thread(target=held.clear, name="release-data-iterators", daemon=True).start()
+
+
 def _vocab_size(spec: str) -> int:
     from flan_moe.data.vocabularies import get_vocabulary  # pure Python
 
@@ -251,6 +264,7 @@ def run_from_gin() -> TrainResult:
         stats = getattr(iterator, "truncation", None)
         if stats is not None:
             log.info("data truncation (examples read so far): %s", stats.as_dict())
+    release_in_background(opened)
     if result.stopped:
         log.warning("%s (last checkpoint %s)", result.stop_message(), result.last_checkpoint)
         return result
@@ -323,4 +337,8 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
 
 
 if __name__ == "__main__":
-    validation.run_cli_and_exit(lambda argv: EXIT_STOPPED if main(argv).stopped else 0)
+    # multi-host: the ordinary exit runs jax.distributed's shutdown handshake
+    validation.run_cli_and_exit(
+        lambda argv: EXIT_STOPPED if main(argv).stopped else 0,
+        ordinary_exit="--multihost" in sys.argv,
+    )

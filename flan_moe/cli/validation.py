@@ -12,10 +12,8 @@ The checks here are pure Python on flag values and gin macro values; the gin-nam
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import difflib
-import logging
 import os
 import sys
 import traceback
@@ -354,24 +352,19 @@ def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | N
     return result if isinstance(result, int) else 0
 
 
-def exit_process(code: int) -> NoReturn:
-    """Flush the logs and end the process now, skipping interpreter teardown.
+def run_cli_and_exit(
+    main: Callable[[Sequence[str] | None], Any], *, ordinary_exit: bool = False
+) -> NoReturn:
+    """``run_cli``, then ``fast_exit.exit_now`` with its status; an uncaught error exits 1.
 
-    TensorFlow's tf.data iterators (SeqIO's pipelines) wait for their parallel-map
-    threads in their destructors at exit: tens of seconds after a finished run, and
-    forever after an exception was raised mid-iteration, so a failed stage would hang
-    instead of failing. Everything a command writes is flushed and closed before its
-    ``main`` returns (checkpoints committed, summary writers closed), so nothing is lost.
+    An exception is printed in full and then also leaves through ``exit_now``: unwinding
+    normally would run TensorFlow's tf.data iterator destructors, which wait for their
+    parallel-map threads and, after an exception mid-iteration, wait for ever, so a failed
+    stage hung instead of failing. ``ordinary_exit`` (multi-host training, whose
+    jax.distributed shutdown handshake runs at exit) exits the ordinary way.
     """
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing to write
-            stream.flush()
-    logging.shutdown()
-    os._exit(code)
+    from flan_moe.cli.fast_exit import exit_now
 
-
-def run_cli_and_exit(main: Callable[[Sequence[str] | None], Any]) -> NoReturn:
-    """``run_cli``, then ``exit_process`` with its status; an uncaught error exits 1."""
     try:
         code = run_cli(main)
     except SystemExit as e:  # argparse's --help (0) and usage errors (2)
@@ -384,4 +377,7 @@ def run_cli_and_exit(main: Callable[[Sequence[str] | None], Any]) -> NoReturn:
     except BaseException:  # printed in full, then a failing status
         traceback.print_exc()
         code = 1
-    exit_process(code)
+    if ordinary_exit:
+        sys.exit(code)
+    exit_now(code)
+    raise AssertionError("unreachable")  # exit_now ends the process

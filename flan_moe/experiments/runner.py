@@ -30,7 +30,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from flan_moe.experiments import figures, paper_numbers, pipeline, report, stage_keys
+from flan_moe.experiments import (
+    compile_cache,
+    figures,
+    paper_numbers,
+    pipeline,
+    report,
+    stage_keys,
+)
 from flan_moe.experiments.settings import (
     FINETUNE_TASK,
     INSTRUCTION_MIXTURE,
@@ -531,9 +538,12 @@ def run_experiment(
     root = experiment_root(base_dir, experiment, scale)
     plans = plan_experiment(experiment, scale, root, in_process=in_process)
     stages = [stage for plan in plans for stage in plan.stages]
-    outcomes = pipeline.run_pipeline(
-        stages, root, force=force, verbose=verbose, out=out, keep_stale=keep_stale
-    )
+    # the stages (subprocesses, or functions here) share compiled programs through disk
+    cache = compile_cache.in_process if in_process else compile_cache.environment
+    with cache(root):
+        outcomes = pipeline.run_pipeline(
+            stages, root, force=force, verbose=verbose, out=out, keep_stale=keep_stale
+        )
     stale = {o.name for o in outcomes if o.status == "stale"}
     stale_runs = [p.run.label for p in plans if any(s.name in stale for s in p.stages)]
     paths = build_report(experiment, scale, plans, root, stale_runs=stale_runs)
