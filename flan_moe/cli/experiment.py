@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util as importlib_util
 import os
 import sys
 from collections.abc import Sequence
@@ -143,6 +144,26 @@ def with_starting_points(
     return settings.get_experiment(experiment.name, scale), scale
 
 
+def resolve_jobs(value: str) -> int:
+    """``--jobs``: a positive number, or 'auto' (2 on a CPU-only install with >= 2 cores).
+
+    'auto' looks for JAX's GPU/TPU plugins without initialising a backend (which would
+    take the accelerator's memory in this parent process).
+    """
+    if value != "auto":
+        if not value.isdigit() or int(value) < 1:
+            raise validation.InputError(
+                f"--jobs must be a positive number or 'auto', got {value!r}"
+            )
+        return int(value)
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    accelerator = platforms not in ("", "cpu") or any(
+        importlib_util.find_spec(name) is not None
+        for name in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "libtpu")
+    )
+    return 1 if accelerator or (os.cpu_count() or 1) < 2 else 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", nargs="?", help="experiment name or gin file")
@@ -170,6 +191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--vocabulary", default=None, help="'byte' or a SentencePiece .model")
     parser.add_argument(
+        "--jobs",
+        default="auto",
+        help="stages run at once (independent ones only); 'auto': 2 on a CPU-only install "
+        "with >= 2 cores, else 1 (accelerator stages would share one device)",
+    )
+    parser.add_argument(
         "--report_only",
         action="store_true",
         help="rebuild the report from the stages already finished; run nothing",
@@ -181,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"scales: {', '.join(settings.SCALES)}")
         return 0
     validation.check_experiment_args(args)
+    jobs = resolve_jobs(args.jobs)
     experiment, scale = resolve(args.experiment, args.scale)
     experiment, scale = with_starting_points(
         args.experiment, experiment, scale, vocabulary=args.vocabulary, pretrained=args.pretrained
@@ -207,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         force=force,
         verbose=not args.quiet,
         keep_stale=args.keep_stale,
+        jobs=jobs,
     )
     print()
     for table_md in sorted(paths["report.md"].parent.glob("table_*.md")):

@@ -26,11 +26,13 @@ complete log) or a Python callable.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -283,6 +285,102 @@ def _execute(stage: Stage, folder: Path, log: TextIO, echo: Callable[[str], None
     return verify_train_target(stage.train_target) if stage.train_target else None
 
 
+@dataclasses.dataclass
+class _Attempt:
+    """A stage that is running: where it logs, when it started, how it is reported."""
+
+    stage: Stage
+    plan: PlannedStage
+    prefix: str
+    folder: Path
+    log: TextIO
+    t0: float
+
+
+class _Run:
+    """One ``run_pipeline`` call's bookkeeping: outcomes, DONE records, messages."""
+
+    def __init__(self, root: Path, out: TextIO, todo: set[str], jobs: int) -> None:
+        self.root, self.out, self.todo, self.jobs = root, out, todo, jobs
+        self.outcomes: dict[str, StageOutcome] = {}
+        self.records: dict[str, dict] = {}
+        self.durations: list[float] = []
+        self.start = time.perf_counter()
+        self.lock = threading.Lock()  # stage output lines come from worker threads
+
+    def say(self, text: str) -> None:
+        with self.lock:
+            print(text, file=self.out, flush=True)
+
+    def begin(self, stage: Stage, plan: PlannedStage, prefix: str) -> _Attempt:
+        remaining = sum(1 for name in self.todo if name not in self.outcomes)
+        eta = ""
+        if self.durations:
+            mean = sum(self.durations) / len(self.durations)
+            eta = f", ETA for the rest ~{mean * remaining / self.jobs:.0f}s"
+        elapsed = time.perf_counter() - self.start
+        self.say(f"{prefix}: running ({plan.reason}; elapsed {elapsed:.0f}s{eta})")
+        folder = stage_dir(self.root, stage.name)
+        _start_attempt(folder, plan, self.say)
+        return _Attempt(stage, plan, prefix, folder, open(folder / LOG, "a"), time.perf_counter())
+
+    def echo_for(self, attempt: _Attempt, verbose: bool) -> Callable[[str], None]:
+        if not verbose:
+            return lambda line: None
+        tag = f"[{attempt.stage.name}] " if self.jobs > 1 else ""
+        return lambda line: self.say(f"    {tag}{line}")
+
+    def failed(self, attempt: _Attempt, e: BaseException) -> None:
+        seconds = time.perf_counter() - attempt.t0
+        error = f"{type(e).__name__}: {e}"
+        log_path = attempt.folder / LOG
+        attempt.log.write(f"\nSTAGE FAILED: {error}\n")
+        attempt.log.close()
+        _write_json_atomic(
+            attempt.folder / FAILED,
+            {"stage": attempt.stage.name, "error": error, "log": str(log_path), "seconds": seconds},
+        )
+        name = attempt.stage.name
+        self.outcomes[name] = StageOutcome(name, "failed", seconds, str(log_path), error)
+        self.say(f"{attempt.prefix}: FAILED after {seconds:.0f}s: {error}\n    log: {log_path}")
+
+    def done(self, attempt: _Attempt, output: str | None) -> None:
+        attempt.log.close()
+        seconds = time.perf_counter() - attempt.t0
+        self.durations.append(seconds)
+        name = attempt.stage.name
+        record = {"stage": name, "seconds": seconds, "key": attempt.plan.key,
+                  "fingerprint": attempt.stage.fingerprint, "output": output}  # fmt: skip
+        _write_json_atomic(attempt.folder / DONE, record)
+        self.records[name] = record
+        self.outcomes[name] = StageOutcome(name, "done", seconds, str(attempt.folder / LOG))
+        self.say(f"{attempt.prefix}: done in {seconds:.0f}s")
+
+    def settle(self, stage: Stage, prefix: str, force, keep_stale: bool) -> PlannedStage | None:
+        """Blocked, skipped or stale stages are recorded here; returns the plan to run."""
+        blocked = [d for d in stage.depends_on if self.outcomes[d].status in ("failed", "blocked")]
+        if blocked:
+            self.outcomes[stage.name] = StageOutcome(
+                stage.name, "blocked", error=f"needs {blocked}"
+            )
+            self.say(f"{prefix}: not run, its dependencies {blocked} did not finish")
+            return None
+        inputs = {d: self.records[d] for d in stage.depends_on}
+        plan = _decide(stage, self.root, inputs, force, keep_stale)
+        if plan.action == "run":
+            return plan
+        folder = stage_dir(self.root, stage.name)
+        self.records[stage.name] = {
+            **(_read_json(folder / DONE) or {}),
+            "stale": plan.action == "stale",
+        }
+        status = "skipped" if plan.action == "skip" else "stale"
+        self.outcomes[stage.name] = StageOutcome(stage.name, status, log_path=str(folder / LOG))
+        self.say(f"{prefix}: already done, skipped" if status == "skipped"
+                 else f"{prefix}: STALE ({plan.reason}); its results are marked stale")  # fmt: skip
+        return None
+
+
 def run_pipeline(
     stages: Sequence[Stage],
     experiment_dir: str | os.PathLike,
@@ -292,91 +390,100 @@ def run_pipeline(
     raise_on_failure: bool = False,
     out: TextIO = sys.stdout,
     keep_stale: bool = False,
+    jobs: int = 1,
 ) -> list[StageOutcome]:
     """Run stages in order, skipping finished ones; report each outcome.
 
     ``force`` names stages to re-run even if finished; ``keep_stale`` keeps finished
-    stages whose key changed (status "stale") instead of re-running them. Returns one
-    outcome per stage. A KeyboardInterrupt (or SIGTERM) stops the running stage's child
-    in order, records the stage as failed and is re-raised.
+    stages whose key changed (status "stale") instead of re-running them. ``jobs`` > 1
+    runs up to that many command stages at once, each as soon as its dependencies are
+    done (function stages run alone); their output lines are tagged with the stage name.
+    Returns one outcome per stage. A KeyboardInterrupt (or SIGTERM) stops the running
+    stages' children in order, records them as failed and is re-raised.
     """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     _check_stages(stages)
     root = Path(experiment_dir)
     root.mkdir(parents=True, exist_ok=True)
-    outcomes: dict[str, StageOutcome] = {}
-    records: dict[str, dict] = {}
-    start = time.perf_counter()
-    todo = {p.stage.name for p in plan_pipeline(stages, root, force=force, keep_stale=keep_stale)
-            if p.action == "run"}  # fmt: skip
-    durations: list[float] = []
-
-    def say(text: str) -> None:
-        print(text, file=out, flush=True)
-
-    for index, stage in enumerate(stages, start=1):
-        prefix = f"[{index}/{len(stages)}] {stage.name}"
-        folder = stage_dir(root, stage.name)
-        blocked = [d for d in stage.depends_on if outcomes[d].status in ("failed", "blocked")]
-        if blocked:
-            outcomes[stage.name] = StageOutcome(stage.name, "blocked", error=f"needs {blocked}")
-            say(f"{prefix}: not run, its dependencies {blocked} did not finish")
-            continue
-        plan = _decide(stage, root, {d: records[d] for d in stage.depends_on}, force, keep_stale)
-        if plan.action != "run":
-            records[stage.name] = {
-                **(_read_json(folder / DONE) or {}),
-                "stale": plan.action == "stale",
-            }
-            status = "skipped" if plan.action == "skip" else "stale"
-            outcomes[stage.name] = StageOutcome(stage.name, status, log_path=str(folder / LOG))
-            say(f"{prefix}: already done, skipped" if status == "skipped"
-                else f"{prefix}: STALE ({plan.reason}); its results are marked stale")  # fmt: skip
-            continue
-        remaining = sum(1 for name in todo if name not in outcomes)
-        eta = ""
-        if durations:
-            eta = f", ETA for the rest ~{sum(durations) / len(durations) * remaining:.0f}s"
-        say(f"{prefix}: running ({plan.reason}; elapsed {time.perf_counter() - start:.0f}s{eta})")
-        _start_attempt(folder, plan, say)
-        t0 = time.perf_counter()
-        log_path = folder / LOG
-        with open(log_path, "a") as log:
-            echo = (lambda line: say(f"    {line}")) if verbose else (lambda line: None)
+    planned = plan_pipeline(stages, root, force=force, keep_stale=keep_stale)
+    run = _Run(root, out, {p.stage.name for p in planned if p.action == "run"}, jobs)
+    pending = [(f"[{i}/{len(stages)}] {s.name}", s) for i, s in enumerate(stages, start=1)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        running: dict[concurrent.futures.Future, _Attempt] = {}
+        with supervise.sigterm_as_interrupt():
             try:
-                with supervise.sigterm_as_interrupt():
-                    output = _execute(stage, folder, log, echo)
-            except (Exception, KeyboardInterrupt) as e:  # every failure is reported, then resumable
-                seconds = time.perf_counter() - t0
-                error = f"{type(e).__name__}: {e}"
-                log.write(f"\nSTAGE FAILED: {error}\n")
-                _write_json_atomic(
-                    folder / FAILED,
-                    {"stage": stage.name, "error": error, "log": str(log_path), "seconds": seconds},
-                )
-                outcomes[stage.name] = StageOutcome(
-                    stage.name, "failed", seconds, str(log_path), error
-                )
-                say(f"{prefix}: FAILED after {seconds:.0f}s: {error}\n    log: {log_path}")
-                if isinstance(e, KeyboardInterrupt):
-                    say("Interrupted: run the same command again to resume.")
-                    raise
-                continue
-        seconds = time.perf_counter() - t0
-        durations.append(seconds)
-        record = {"stage": stage.name, "seconds": seconds, "key": plan.key,
-                  "fingerprint": stage.fingerprint, "output": output}  # fmt: skip
-        _write_json_atomic(folder / DONE, record)
-        records[stage.name] = record
-        outcomes[stage.name] = StageOutcome(stage.name, "done", seconds, str(log_path))
-        say(f"{prefix}: done in {seconds:.0f}s")
-
-    failed = [o for o in outcomes.values() if o.status == "failed"]
+                while pending or running:
+                    _start_ready(run, pending, running, pool, force, keep_stale, verbose)
+                    if running:
+                        finished, _ = concurrent.futures.wait(
+                            running, return_when=concurrent.futures.FIRST_COMPLETED
+                        )
+                        for future in finished:
+                            _collect(run, running.pop(future), future)
+            except KeyboardInterrupt:
+                supervise.stop_all_children()
+                for future, attempt in running.items():
+                    concurrent.futures.wait([future])
+                    run.failed(attempt, KeyboardInterrupt("interrupted"))
+                run.say("Interrupted: run the same command again to resume.")
+                raise
+    failed = [o for o in run.outcomes.values() if o.status == "failed"]
     if failed:
-        say(
+        run.say(
             "Failed stages: "
             + ", ".join(f"{o.name} (log: {o.log_path})" for o in failed)
             + ". Fix the cause and run the same command again: finished stages are skipped."
         )
         if raise_on_failure:
             raise PipelineError(f"{len(failed)} stage(s) failed: {[o.name for o in failed]}")
-    return [outcomes[s.name] for s in stages]
+    return [run.outcomes[s.name] for s in stages]
+
+
+def _start_ready(run: _Run, pending: list, running: dict, pool, force, keep_stale, verbose):
+    """Settle or start every pending stage whose dependencies are finished, in order.
+
+    With one job the stages go strictly in order and each runs in this thread (so an
+    interrupt reaches its child directly); function stages always run here, alone.
+    """
+    busy = {a.stage.name for a in running.values()}
+    for item in list(pending):
+        prefix, stage = item
+        if any(d not in run.outcomes or d in busy for d in stage.depends_on):
+            if run.jobs == 1:
+                break
+            continue
+        inline = run.jobs == 1 or stage.command is None
+        if (inline and running) or len(running) >= run.jobs:
+            break
+        pending.remove(item)
+        plan = run.settle(stage, prefix, force, keep_stale)
+        if plan is None:
+            continue
+        attempt = run.begin(stage, plan, prefix)
+        echo = run.echo_for(attempt, verbose)
+        if not inline:
+            running[pool.submit(_execute, stage, attempt.folder, attempt.log, echo)] = attempt
+            busy.add(stage.name)
+            continue
+        try:
+            output = _execute(stage, attempt.folder, attempt.log, echo)
+        except KeyboardInterrupt as e:
+            run.failed(attempt, e)
+            run.say("Interrupted: run the same command again to resume.")
+            raise
+        except Exception as e:  # every failure is reported, then resumable
+            run.failed(attempt, e)
+        else:
+            run.done(attempt, output)
+        if run.jobs == 1:
+            return  # back to the loop: strict order
+
+
+def _collect(run: _Run, attempt: _Attempt, future: concurrent.futures.Future) -> None:
+    try:
+        output = future.result()
+    except Exception as e:  # every failure is reported, then resumable
+        run.failed(attempt, e)
+    else:
+        run.done(attempt, output)

@@ -529,11 +529,13 @@ def run_experiment(
     out: TextIO = sys.stdout,
     in_process: bool = False,
     keep_stale: bool = False,
+    jobs: int = 1,
 ) -> tuple[list[pipeline.StageOutcome], dict[str, Path]]:
     """Run (or resume) every stage, then write the report; returns outcomes and paths.
 
     ``in_process`` runs the train/eval commands in this process instead of subprocesses;
-    ``keep_stale`` keeps finished stages whose config changed and marks them in the report.
+    ``keep_stale`` keeps finished stages whose config changed and marks them in the report;
+    ``jobs`` > 1 runs that many independent subprocess stages at once.
     """
     root = experiment_root(base_dir, experiment, scale)
     plans = plan_experiment(experiment, scale, root, in_process=in_process)
@@ -542,7 +544,7 @@ def run_experiment(
     cache = compile_cache.in_process if in_process else compile_cache.environment
     with cache(root):
         outcomes = pipeline.run_pipeline(
-            stages, root, force=force, verbose=verbose, out=out, keep_stale=keep_stale
+            stages, root, force=force, verbose=verbose, out=out, keep_stale=keep_stale, jobs=jobs
         )
     stale = {o.name for o in outcomes if o.status == "stale"}
     stale_runs = [p.run.label for p in plans if any(s.name in stale for s in p.stages)]

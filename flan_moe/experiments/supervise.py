@@ -26,6 +26,9 @@ from collections.abc import Callable, Sequence
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
+_LIVE: set[subprocess.Popen] = set()  # children of run_supervised, from any thread
+_LIVE_LOCK = threading.Lock()
+
 
 def _die_with_parent(parent_pid: int) -> Callable[[], None]:
     def preexec() -> None:  # runs in the child between fork and exec
@@ -69,6 +72,8 @@ def run_supervised(
         preexec_fn=_die_with_parent(os.getpid()),
     )
     assert process.stdout is not None
+    with _LIVE_LOCK:
+        _LIVE.add(process)
     try:
         for line in process.stdout:
             on_line(line)
@@ -78,6 +83,20 @@ def run_supervised(
         raise
     finally:
         process.stdout.close()
+        with _LIVE_LOCK:
+            _LIVE.discard(process)
+
+
+def stop_all_children(*, grace_seconds: float = 120.0) -> None:
+    """Stop every running child of ``run_supervised`` (the pipeline's parallel stages):
+    SIGTERM to all their groups at once, then wait for each as ``stop_child`` does."""
+    with _LIVE_LOCK:
+        children = list(_LIVE)
+    for process in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in children:
+        stop_child(process, grace_seconds=grace_seconds)
 
 
 @contextlib.contextmanager
