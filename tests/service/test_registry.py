@@ -152,9 +152,11 @@ def test_silent_worker_on_another_host_is_dead_after_its_timeout(registry, outpu
         stage = session.scalar(select(Stage).where(Stage.status == "running"))
         stage.heartbeat_at -= dt.timedelta(seconds=30)
     with registry.session() as session:
-        assert store.requeue_orphans(session, host="here", stale_after=dt.timedelta(seconds=60)) == []
-        assert store.requeue_orphans(session, host="here",
-                                     stale_after=dt.timedelta(seconds=10)) == ["pretrain/dense"]  # fmt: skip
+        requeue = store.requeue_orphans
+        assert requeue(session, host="here", stale_after=dt.timedelta(seconds=60)) == []
+        assert requeue(session, host="here", stale_after=dt.timedelta(seconds=10)) == [
+            "pretrain/dense"
+        ]
 
 
 def test_claims_wait_for_dependencies(registry, output_dir):
@@ -193,7 +195,8 @@ def test_rebuild_sees_cli_runs_as_pending(registry, output_dir):
     with registry.session() as session:
         exp = session.scalar(select(Experiment))
         statuses = {s.name: s.status for s in exp.stages}
-        assert not exp.submitted and exp.root == str(output_dir / "setting2_instruction_tuning/tiny")
+        assert not exp.submitted
+        assert exp.root == str(output_dir / "setting2_instruction_tuning/tiny")
     assert statuses.pop("pretrain/dense") == "done"
     assert set(statuses.values()) == {"pending"}
 
