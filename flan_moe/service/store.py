@@ -347,3 +347,16 @@ def progress(exp: Experiment) -> Progress:
                       if s.status == "running" and s.started_at)  # fmt: skip
         eta = max(sum(durations) / len(durations) * left - running, 0.0)
     return Progress(status, done, total, eta)
+
+
+def adopt(session: Session, stage_id: int, *, worker: str, host: str, pid: int) -> None:
+    """A job took over a stage its launcher claimed: it beats under its own name now."""
+    stage = session.get(Stage, stage_id)
+    assert stage is not None
+    stage.worker, stage.host, stage.pid, stage.heartbeat_at = worker, host, pid, utcnow()
+
+
+def claimable(session: Session) -> int:
+    """Queued stages in experiments that are not cancelled (ready or waiting)."""
+    return len(session.scalars(select(Stage.id).join(Experiment).where(
+        Stage.status == "queued", Experiment.cancelled.is_(False))).all())  # fmt: skip

@@ -148,9 +148,12 @@ class Worker:
         cancelled = interrupted is not None and beat.cancel_seen
         with self.registry.session() as session:
             stage = store.finish(session, claim.stage_id, state, cancelled=cancelled)
+            if interrupted is not None and not cancelled and state.status != "done":
+                stage.status = "queued"  # this worker was stopped: the stage resumes later
+                stage.error = f"worker {self.name} stopped during attempt {claim.attempt}"
             status, experiment_id = stage.status, stage.experiment_id
         self.say(f"{claim.name}: {status}")
-        if interrupted is not None and not beat.cancel_seen:
+        if interrupted is not None and not cancelled:
             raise interrupted
         if status == "done":
             self.maybe_report(experiment_id, planned)
