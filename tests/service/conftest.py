@@ -57,3 +57,42 @@ def registry(tmp_path):
 @pytest.fixture
 def output_dir(tmp_path) -> Path:
     return tmp_path / "out"
+
+
+_REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A PostgreSQL server: $FLAN_MOE_TEST_POSTGRES_URL, else the one
+    ``scripts/start_postgres.sh`` starts (installing Debian's package as root); skips with
+    the script's message when neither works."""
+    import os
+    import subprocess
+
+    url = os.environ.get("FLAN_MOE_TEST_POSTGRES_URL")
+    if url:
+        return url
+    result = subprocess.run(["bash", str(_REPO / "scripts" / "start_postgres.sh")],
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    if result.returncode != 0:
+        pytest.skip(f"no PostgreSQL: {result.stderr.strip().splitlines()[-1:]}")
+    return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def postgres_database(postgres_url):
+    """A throwaway database on the PostgreSQL server, dropped after the test."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"flan_moe_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()

@@ -7,15 +7,39 @@ import datetime as dt
 import io
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from flan_moe.experiments import pipeline
 from flan_moe.service import folders, store, worker
-from flan_moe.service.models import Experiment, Stage
+from flan_moe.service.models import Base, Experiment, Stage
 from flan_moe.service.submission import RECORD, Submission, plan
 from tests.service.conftest import SMALL, fail_marker, quick_planner
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry(request, output_dir):
+    """The registry on SQLite (a file under the output root) and on PostgreSQL."""
+    if request.param == "sqlite":
+        url = store.default_url(output_dir)
+    else:
+        url = request.getfixturevalue("postgres_database")
+    reg = store.Registry(url)
+    yield reg
+    reg.close()
+
+
+def _emptied(registry: store.Registry) -> store.Registry:
+    """The same database, emptied: the SQLite file deleted, or PostgreSQL's tables dropped."""
+    registry.close()
+    if registry.url.startswith("sqlite"):
+        Path(registry.url.split("///", 1)[1]).unlink()
+    else:
+        Base.metadata.drop_all(registry.engine)
+    return store.Registry(registry.url)
+
 
 STAGES = [
     "pretrain/dense",
@@ -174,9 +198,9 @@ def test_rebuild_restores_the_registry_from_the_folders(registry, output_dir, tm
     _worker(registry, output_dir).run(exit_when_idle=True)
     before = {n: (r.status, r.key, r.config_hash, r.attempts, r.results_path, r.log_path)
               for n, r in _rows(registry, exp_id).items()}  # fmt: skip
-    registry.close()
-    (output_dir / store.DB_FILE).unlink()
-    fresh = store.Registry(store.default_url(output_dir))
+    fresh = _emptied(registry)
+    with fresh.session() as session:
+        assert session.scalar(select(Experiment)) is None
     assert folders.rebuild(fresh, output_dir, planner=quick_planner) == [str(planned.root)]
     with fresh.session() as session:
         exp = session.scalar(select(Experiment))

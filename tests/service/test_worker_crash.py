@@ -1,0 +1,116 @@
+"""kill -9 of a worker in the middle of a real training stage, then a retry by a new
+worker: the stage resumes from its checkpoint and ends with the same params (the
+DONE.json output digest) as an uninterrupted run of the same stage.
+
+Workers run as ``python -m flan_moe.cli.worker`` processes and the stage is the runner's
+own instruction-tuning command (tiny dense model, synthetic batches). Slow: three
+trainings with their compiles."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flan_moe.experiments import pipeline
+from flan_moe.service import store
+from flan_moe.service.models import Stage
+from flan_moe.service.submission import Submission, plan
+
+REPO = Path(__file__).resolve().parents[2]
+STAGE = "flan_t5_dense/instruction_tune"
+SMOKE = {
+    "pretrain_steps": 0, "instruction_tune_steps": 40, "batch_size": 2,
+    "feature_lengths": {"inputs": 32, "targets": 8},
+    "runs": ["Flan-T5 (dense)"], "eval_modes": [], "figures": [],
+    "train_bindings": {"MIXTURE_OR_TASK_NAME": "synthetic", "TrainConfig.checkpoint_every": 5,
+                       "TrainConfig.log_every": 5},
+}  # fmt: skip
+
+
+def _worker(output_dir: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "flan_moe.cli.worker", f"--output_dir={output_dir}",
+         "--devices=cpu", "--poll_seconds=0.2", "--heartbeat_seconds=1", *extra],
+        cwd=REPO, env=env,
+    )  # fmt: skip
+
+
+def _submit(output_dir: Path):
+    planned = plan(Submission("setting2", "tiny", SMOKE), output_dir)
+    assert [s.name for s in planned.stages] == [STAGE]
+    registry = store.Registry(store.default_url(output_dir))
+    with registry.session() as session:
+        store.submit(session, planned)
+    return planned, registry
+
+
+def _row(registry) -> Stage:
+    with registry.session() as session:
+        return session.query(Stage).one()
+
+
+def _checkpoints(model_dir: Path) -> list[int]:
+    return sorted(int(p.name.split("_")[1]) for p in model_dir.glob("checkpoint_*") if p.is_dir()
+                  and p.name.split("_")[1].isdigit())  # fmt: skip
+
+
+def _lock_free(model_dir: Path) -> bool:
+    """The trainer holds an flock on MODEL_DIR/.lock while it runs."""
+    fd = os.open(model_dir / ".lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_worker_then_retry_matches_an_uninterrupted_run(tmp_path):
+    reference, reference_registry = _submit(tmp_path / "uninterrupted")
+    assert _worker(tmp_path / "uninterrupted", "--exit_when_idle").wait(timeout=900) == 0
+    expected = json.loads((reference.root / STAGE / pipeline.DONE).read_text())["output"]
+    assert _row(reference_registry).status == "done"
+
+    planned, registry = _submit(tmp_path / "crashed")
+    model_dir = planned.root / STAGE / "model"
+    first = _worker(tmp_path / "crashed")
+    try:
+        _wait(lambda: any(0 < s < 40 for s in _checkpoints(model_dir)), 900, "a checkpoint")
+        os.kill(first.pid, signal.SIGKILL)
+    finally:
+        first.wait()
+    # The trainer got SIGTERM from the kernel (PR_SET_PDEATHSIG), saves and exits.
+    _wait(lambda: _lock_free(model_dir), 300, "the orphaned trainer to exit")
+    crashed = _row(registry)
+    assert crashed.status == "running" and crashed.attempts == 1
+    assert not (planned.root / STAGE / pipeline.DONE).exists()
+    stopped_at = max(_checkpoints(model_dir))
+    assert stopped_at < 40
+
+    second = _worker(tmp_path / "crashed", "--exit_when_idle")
+    assert second.wait(timeout=900) == 0
+    row = _row(registry)
+    assert row.status == "done" and row.attempts == 2, row.error
+    done = json.loads((planned.root / STAGE / pipeline.DONE).read_text())
+    assert done["output"] == expected  # same params as the uninterrupted run
+    log = (planned.root / STAGE / pipeline.LOG).read_text()
+    assert f"resuming from {model_dir}/checkpoint_{stopped_at}" in log
