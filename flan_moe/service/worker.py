@@ -68,6 +68,9 @@ class _Heartbeat(threading.Thread):
         self.registry, self.stage_id, self.worker, self.every = registry, stage_id, worker, every
         self.stopped = threading.Event()
         self.cancel_seen = False
+        # Only a worker in the main thread (a worker process) turns SIGTERM into a stop; a
+        # worker thread (tests) records the cancel when its stage ends.
+        self.can_signal = threading.current_thread() is threading.main_thread()
 
     def run(self) -> None:
         while not self.stopped.wait(self.every):
@@ -75,7 +78,7 @@ class _Heartbeat(threading.Thread):
                 cancel = store.heartbeat(session, self.stage_id, self.worker)
             if cancel and not self.cancel_seen:
                 self.cancel_seen = True
-                if threading.main_thread().is_alive():
+                if self.can_signal:
                     os.kill(os.getpid(), signal.SIGTERM)
 
 

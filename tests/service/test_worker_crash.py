@@ -27,7 +27,7 @@ from flan_moe.service.submission import Submission, plan
 REPO = Path(__file__).resolve().parents[2]
 STAGE = "flan_t5_dense/instruction_tune"
 SMOKE = {
-    "pretrain_steps": 0, "instruction_tune_steps": 40, "batch_size": 2,
+    "pretrain_steps": 0, "instruction_tune_steps": 40, "batch_size": 8,
     "feature_lengths": {"inputs": 32, "targets": 8},
     "runs": ["Flan-T5 (dense)"], "eval_modes": [], "figures": [],
     "train_bindings": {"MIXTURE_OR_TASK_NAME": "synthetic", "TrainConfig.checkpoint_every": 5,
