@@ -168,8 +168,12 @@ class Worker:
             exp = session.get(store.Experiment, experiment_id)
             if exp is None or any(s.status != "done" for s in exp.stages):
                 return
-        paths = runner.build_report(planned.experiment, planned.scale, list(planned.plans),
-                                    planned.root)  # fmt: skip
+        try:
+            paths = runner.build_report(planned.experiment, planned.scale, list(planned.plans),
+                                        planned.root)  # fmt: skip
+        except Exception as e:  # the stages stay done; the page shows "reporting"
+            self.say(f"report of {planned.root} failed: {type(e).__name__}: {e}")
+            return
         with self.registry.session() as session:
             exp = session.get(store.Experiment, experiment_id)
             exp.report_path = str(paths["report.html"])

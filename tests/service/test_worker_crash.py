@@ -114,3 +114,32 @@ def test_kill_9_of_a_worker_then_retry_matches_an_uninterrupted_run(tmp_path):
     assert done["output"] == expected  # same params as the uninterrupted run
     log = (planned.root / STAGE / pipeline.LOG).read_text()
     assert f"resuming from {model_dir}/checkpoint_{stopped_at}" in log
+
+
+@pytest.mark.slow
+def test_cancel_stops_a_running_stage_and_retry_resumes_it(tmp_path):
+    bindings = {**SMOKE["train_bindings"], "TrainConfig.checkpoint_every": 20}
+    smoke = {**SMOKE, "instruction_tune_steps": 200, "train_bindings": bindings}
+    planned = plan(Submission("setting2", "tiny", smoke), tmp_path)
+    registry = store.Registry(store.default_url(tmp_path))
+    with registry.session() as session:
+        exp_id = store.submit(session, planned).id
+    model_dir = planned.root / STAGE / "model"
+    process = _worker(tmp_path)
+    try:
+        _wait(lambda: any(0 < s < 200 for s in _checkpoints(model_dir)), 900, "a checkpoint")
+        with registry.session() as session:
+            store.cancel_experiment(session, exp_id)
+        _wait(lambda: _row(registry).status == "cancelled", 300, "the stage to be cancelled")
+        assert _lock_free(model_dir)  # the trainer stopped (and saved) before the row changed
+        stopped_at = max(_checkpoints(model_dir))
+        assert stopped_at < 200
+        with registry.session() as session:
+            store.retry_stage(session, _row(registry).id)
+        _wait(lambda: _row(registry).status == "done", 900, "the retried stage")
+    finally:
+        process.terminate()
+        process.wait()
+    assert _row(registry).attempts == 2
+    log = (planned.root / STAGE / pipeline.LOG).read_text()
+    assert f"resuming from {model_dir}/checkpoint_{stopped_at}" in log
