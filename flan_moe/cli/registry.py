@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     registry = open_registry(args)
     if args.command == "rebuild":
-        roots = folders.rebuild(registry, args.output_dir)
+        roots = folders.rebuild(registry, args.output_dir, on_problem=folders.print_problem)
         print(f"rebuilt {len(roots)} experiment(s) into {registry.url}")
     with registry.session() as session:
         for exp in session.query(Experiment).order_by(Experiment.id):

@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with registry.session() as session:
         empty = session.query(Experiment).count() == 0
     if empty:
-        roots = folders.rebuild(registry, args.output_dir)
+        roots = folders.rebuild(registry, args.output_dir, on_problem=folders.print_problem)
         print(f"registry {registry.url}: rebuilt {len(roots)} experiment(s) from the folders")
     token = None if args.read_only else (args.token or auth.new_token())
     app = app_lib.create_app(registry, args.output_dir, token=token)

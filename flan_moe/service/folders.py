@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from flan_moe.experiments import pipeline
@@ -104,25 +105,37 @@ def results_pointer(stage: pipeline.Stage) -> str | None:
 
 
 def rebuild(
-    registry, output_dir: str | os.PathLike, *, planner: submission_lib.Planner | None = None
+    registry,
+    output_dir: str | os.PathLike,
+    *,
+    planner: submission_lib.Planner | None = None,
+    on_problem: Callable[[Path, str], None] | None = None,
 ) -> list[str]:
     """Reconstruct the registry from the folders under ``output_dir``; returns the roots.
 
     Every ``<experiment>/<scale>`` folder and every folder with a ``SERVICE.json`` is
     re-planned and its stages' states read from their markers. Unfinished stages of a
     submitted (not cancelled) experiment are queued again; a CLI run's stay ``pending``.
+    A folder that cannot be planned (its experiment needs pretrained checkpoints the record
+    does not name ...) raises, or with ``on_problem`` is reported there and left out.
     """
     from flan_moe.service import store
 
     planner = planner or submission_lib.plan
     roots = []
     for folder, submission, submitted in submission_lib.find_experiment_folders(output_dir):
-        planned = planner(submission, Path(output_dir))
-        if planned.root != folder:
-            raise ValueError(
-                f"{folder}: its record plans to {planned.root}; was the folder moved? Move it "
-                "back or delete its SERVICE.json"
-            )
+        try:
+            planned = planner(submission, Path(output_dir))
+            if planned.root != folder:
+                raise ValueError(
+                    f"{folder}: its record plans to {planned.root}; was the folder moved? Move "
+                    "it back or delete its SERVICE.json"
+                )
+        except (ValueError, KeyError) as e:
+            if on_problem is None:
+                raise
+            on_problem(folder, str(e))
+            continue
         record = submission_lib.read_record_raw(folder)
         with registry.session() as session:
             store.sync_experiment(
@@ -131,3 +144,10 @@ def rebuild(
             )  # fmt: skip
         roots.append(str(folder))
     return roots
+
+
+def print_problem(folder: Path, message: str) -> None:
+    """``rebuild``'s ``on_problem`` for the command lines: one line on stderr per folder."""
+    import sys
+
+    print(f"not rebuilt: {folder}: {message}", file=sys.stderr)

@@ -52,3 +52,13 @@ def test_serve_starts_one_worker_per_slice():
     assert [c[-1] for c in serve.worker_commands(args, "u")] == ["--devices=all"]
     args.no_workers = True
     assert serve.worker_commands(args, "u") == []
+
+
+def test_rebuild_reports_a_folder_it_cannot_plan_and_goes_on(output_dir, capsys):
+    (output_dir / "setting2_instruction_tuning" / "base").mkdir(parents=True)  # no checkpoints
+    (output_dir / "setting1_direct_finetune" / "tiny").mkdir(parents=True)
+    assert registry_cli.main(["rebuild", f"--output_dir={output_dir}"]) == 0
+    captured = capsys.readouterr()
+    assert "rebuilt 1 experiment(s)" in captured.out
+    assert "setting1_direct_finetune\ttiny\tregistered\t0/" in captured.out
+    assert "not rebuilt: " in captured.err and "PRETRAINED_DENSE" in captured.err
