@@ -117,7 +117,7 @@ def create_app(
     planner: submission_lib.Planner = submission_lib.plan,
 ) -> FastAPI:
     """The dashboard over ``registry``; ``token=None`` makes it read-only."""
-    app = FastAPI(title="flan-moe experiments", docs_url="/api/docs", redoc_url=None)
+    app = FastAPI(title="flan-moe experiments", docs_url=None, redoc_url=None)  # no CDN
     pages = Jinja2Templates(directory=str(TEMPLATES))
     pages.env.filters["cell"] = format_cell
     pages.env.filters["duration"] = format_duration

@@ -163,3 +163,9 @@ def test_results_tables_show_intervals(client, output_dir):
     assert title in page and "61.0 [55.0, 67.0]" in page and "—" in page
     compare = client.get(f"/compare?run={exp['runs'][0]['id']}").text
     assert "MMLU-Direct: 61.0 [55.0, 67.0]" in compare
+
+
+def test_openapi_schema_lists_the_api(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/api/experiments", "/api/experiments/{experiment_id}/cancel",
+            "/api/stages/{stage_id}/retry", "/api/stages/{stage_id}/log"} <= set(paths)  # fmt: skip
