@@ -109,6 +109,14 @@ def tail(path: str, lines: int) -> list[str]:
         return []
 
 
+def get(session, model, ident: int):
+    """The row, or a 404 naming what is missing."""
+    row = session.get(model, ident)
+    if row is None:
+        raise HTTPException(404, f"no {model.__name__.lower()} {ident}")
+    return row
+
+
 def create_app(
     registry: store.Registry,
     output_dir: str | Path,
@@ -122,15 +130,14 @@ def create_app(
     pages.env.filters["cell"] = format_cell
     pages.env.filters["duration"] = format_duration
     write = Depends(auth.WriteGuard(token))
-    output_dir = Path(output_dir)
     figures_dir = Path(tempfile.mkdtemp(prefix="flan_moe_dashboard_"))
+    _api_routes(app, registry, Path(output_dir), write, planner)
+    _file_routes(app, registry, figures_dir)
+    _page_routes(app, registry, pages, writable=token is not None)
+    return app
 
-    def get(session, model, ident: int):
-        row = session.get(model, ident)
-        if row is None:
-            raise HTTPException(404, f"no {model.__name__.lower()} {ident}")
-        return row
 
+def _api_routes(app: FastAPI, registry, output_dir: Path, write, planner) -> None:
     @app.get("/api/experiments")
     def list_experiments() -> list[dict[str, Any]]:
         with registry.session() as session:
@@ -180,6 +187,8 @@ def create_app(
             model_dir = get(session, Run, run_id).final_model_dir
         return {"model_dir": model_dir, "scalars": curves.read_scalars(Path(model_dir) / "train")}
 
+
+def _file_routes(app: FastAPI, registry, figures_dir: Path) -> None:
     @app.get("/runs/{run_id}/curves.png")
     def run_curves_png(run_id: int) -> Response:
         with registry.session() as session:
@@ -192,7 +201,7 @@ def create_app(
 
     @app.get("/compare/curves.png")
     def compare_png(run: Annotated[list[int], Query()]) -> Response:
-        series = _series(registry, run, get)
+        series = _series(registry, run)
         name = "compare_" + "_".join(map(str, run)) + ".png"
         path = curves.compare_figure(series, figures_dir / name)
         if path is None:
@@ -208,13 +217,15 @@ def create_app(
             raise HTTPException(404, f"no report file {name!r} (has the report been written?)")
         return FileResponse(path)
 
+
+def _page_routes(app: FastAPI, registry, pages: Jinja2Templates, *, writable: bool) -> None:
     @app.get("/", response_class=HTMLResponse)
     def index(request: Request) -> Response:
         with registry.session() as session:
             rows = session.query(Experiment).order_by(Experiment.id.desc()).all()
             experiments = [experiment_json(e) for e in rows]
         context = {"experiments": experiments, "names": [*settings.ALIASES, *settings.EXPERIMENTS],
-                   "scales": list(settings.SCALES), "writable": token is not None}  # fmt: skip
+                   "scales": list(settings.SCALES), "writable": writable}  # fmt: skip
         return pages.TemplateResponse(request, "index.html", context)
 
     @app.get("/experiments/{experiment_id}", response_class=HTMLResponse)
@@ -225,7 +236,7 @@ def create_app(
                 "exp": experiment_json(exp), "columns": [[stage_json(s) for s in col]
                                                          for col in stage_columns(exp.stages)],
                 "tables": report_tables(Path(exp.root)), "figures": _report_figures(exp),
-                "writable": token is not None,
+                "writable": writable,
             }  # fmt: skip
         return pages.TemplateResponse(request, "experiment.html", context)
 
@@ -241,10 +252,8 @@ def create_app(
         context = {"runs": all_runs, "chosen": run, "rows": rows}
         return pages.TemplateResponse(request, "compare.html", context)
 
-    return app
 
-
-def _series(registry, run_ids, get) -> dict[str, curves.Series]:
+def _series(registry, run_ids) -> dict[str, curves.Series]:
     with registry.session() as session:
         runs = [get(session, Run, i) for i in run_ids]
         dirs = {f"{r.label} [{r.experiment.name}/{r.experiment.scale}]": r.final_model_dir
