@@ -468,9 +468,8 @@ def _start_ready(run: _Run, pending: list, running: dict, pool, force, keep_stal
             continue
         try:
             output = _execute(stage, attempt.folder, attempt.log, echo)
-        except KeyboardInterrupt as e:
+        except KeyboardInterrupt as e:  # run_pipeline says so and re-raises
             run.failed(attempt, e)
-            run.say("Interrupted: run the same command again to resume.")
             raise
         except Exception as e:  # every failure is reported, then resumable
             run.failed(attempt, e)
