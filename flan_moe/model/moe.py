@@ -20,9 +20,9 @@ Flow of ``MoeBlock`` (tokens [b, l, d] -> [b, l, d]), one named piece per step:
    * ``dispatch="gather"``: tokens move into the [g, e, c, d] expert buffers by a
      gather with the router's precomputed ``slot_token`` indices, and back by
      gathering each token's k slots (``dispatch.gather_dispatch`` / ``gather_combine``);
-   * ``dropless=True`` (gather only, ``MoeBlock._dropless``): all choices are sorted
-     once by expert and run through grouped matmuls (``jax.lax.ragged_dot``); no
-     capacity, nothing dropped.
+   * ``dropless=True`` (gather only, ``MoeBlock._dropless``): each group's choices are
+     sorted by expert within the group and run through grouped matmuls batched over
+     groups (``flan_moe.model.dropless``); no capacity, nothing dropped.
    The experts (``ExpertMlp``) are one batched matmul over the stacked expert weights
    [e, d, f] (``ExpertMlp.ragged`` for dropless);
 4. add the DeepSeekMoE shared experts and the ST-MoE extra dense MLP, if configured
@@ -34,9 +34,9 @@ fixed-input outputs are pinned (``tests/model/test_moe_pins.py``).
 Expert parallelism (einsum and gather paths): buffers are constrained to
 ('expert_group', ...) before and after, and to ('expert', 'expert_replicas', ...)
 around the expert matmuls; with an ``expert`` mesh axis the partitioner turns the
-change of layout into all-to-alls. The dropless path has no buffers to exchange: under
-an expert mesh axis the partitioner gathers the expert weights instead (use it on one
-device or with experts replicated).
+change of layout into all-to-alls. The dropless path sorts within groups (no global
+sort, no all-gather of tokens) and has no buffers to exchange: under an expert mesh
+axis the partitioner gathers the expert weights instead (use it with experts replicated).
 
 Losses and metrics are sown unweighted (each call overwrites its values);
 ``collect_router_losses`` and ``collect_moe_metrics`` turn the collections into named
@@ -60,6 +60,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from flan_moe.model import dispatch as dispatch_lib
+from flan_moe.model import dropless as dropless_lib
 from flan_moe.model import routing as routing_lib
 from flan_moe.model.config import ModelConfig, MoeConfig
 from flan_moe.model.layers import MlpBlock, activation, constrain, dtype_of
@@ -137,7 +138,8 @@ class ExpertMlp(nn.Module):
         return constrain(y, ("expert", "expert_replicas", "unmodeled", "embed"))
 
     def ragged(self, x: Array, group_sizes: Array, *, enable_dropout: bool) -> Array:
-        """Rows [n, d] sorted by expert, ``group_sizes`` [e] -> [n, d] (grouped matmuls).
+        """Rows [n, d] sorted by expert, ``group_sizes`` [e] -> [n, d] (grouped matmuls);
+        or per routing group: rows [g, n, d], ``group_sizes`` [g, e] (``flan_moe.model.dropless``).
 
         Rows past ``sum(group_sizes)`` belong to no expert and come out as zeros.
         """
@@ -145,7 +147,7 @@ class ExpertMlp(nn.Module):
         act, _ = activation(self.config.mlp_activation)
 
         def dot(lhs: Array, rhs: Array) -> Array:
-            return jax.lax.ragged_dot(lhs, rhs.astype(dtype), group_sizes)
+            return dropless_lib.grouped_dot(lhs, rhs.astype(dtype), group_sizes)
 
         if self.gated:
             h = act(dot(x, self.wi_0)) * dot(x, self.wi_1)
@@ -310,24 +312,12 @@ class MoeBlock(nn.Module):
             return dispatch_lib.gather_combine(y, routing)
 
     def _dropless(self, xg: Array, routing: routing_lib.Routing, enable_dropout: bool) -> Array:
-        dtype = dtype_of(self.config.dtype)
-        g, s, d = xg.shape
-        kk = routing.expert_index.shape[-1]
-        e = self.config.moe.num_experts
-        n = g * s * kk
-        with jax.named_scope("dispatch"):
-            # Sort all g*s*k choices once by expert; unrouted ones (padding) go last.
-            key = jnp.where(routing.kept, routing.expert_index, e).reshape(n)
-            perm = jnp.argsort(key, stable=True)
-            group_sizes = jnp.bincount(key, length=e + 1)[:e].astype(jnp.int32)
-            rows = jnp.take(xg.reshape(g * s, d), perm // kk, axis=0)  # [n, d]
-        with jax.named_scope("expert_compute"):
-            experts = self._experts(self.config.moe.expert_d_ff(self.config.d_ff))
-            out = experts.ragged(rows, group_sizes, enable_dropout=enable_dropout)
-        with jax.named_scope("combine"):
-            inverse = jnp.zeros_like(perm).at[perm].set(jnp.arange(n, dtype=perm.dtype))
-            per_choice = jnp.take(out, inverse, axis=0).reshape(g, s, kk, d)
-            return jnp.einsum("gskd,gsk->gsd", per_choice, routing.weight.astype(dtype))
+        experts = self._experts(self.config.moe.expert_d_ff(self.config.d_ff))
+        return dropless_lib.dropless_dispatch(
+            xg, routing.expert_index, routing.kept, routing.weight,
+            num_experts=self.config.moe.num_experts,
+            experts=lambda rows, sizes: experts.ragged(rows, sizes, enable_dropout=enable_dropout),
+        )  # fmt: skip
 
 
 def layer_losses(
