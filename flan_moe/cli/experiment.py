@@ -164,7 +164,7 @@ def resolve_jobs(value: str) -> int:
     return 1 if accelerator or (os.cpu_count() or 1) < 2 else 2
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", nargs="?", help="experiment name or gin file")
     parser.add_argument("--scale", default=None, help="tiny | small | base | paper")
@@ -201,7 +201,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="rebuild the report from the stages already finished; run nothing",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.list or not args.experiment:
         for name in settings.EXPERIMENTS:
             print(f"{name}: {settings.get_experiment(name).title}")

@@ -421,34 +421,12 @@ def evaluate(
     few-shot prompts by dropping exemplars (None: prompts are used whole; a model predictor
     still cuts over-long ones from the left, counted).
     """
-    from flan_moe.data import heldout  # pure-Python held-out readers
-
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
-    if method == "score" and mode != "direct":
-        raise ValueError(
-            "rank classification (method 'score') needs mode 'direct': a chain-of-thought "
-            "answer comes after generated reasoning, so use method 'generate' for mode 'cot'"
-        )
+    _check_method(method, mode)
     name = method_name(predictor, method, length_normalized=length_normalized)
     started = time.perf_counter()
-    loaded = heldout.load_suite(
-        suite,
-        mode=mode,
-        shots=shots,
-        split=split,
-        data_dir=data_dir,
-        max_input_tokens=max_input_tokens,
-        vocabulary=vocabulary,
+    loaded, chosen, examples, dropped = _load_examples(
+        suite, mode, shots, split, subsample, data_dir, max_input_tokens, vocabulary
     )
-    chosen = select(loaded, subsample)
-    examples = [ex for exs in chosen.values() for ex in exs]
-    dropped = 0
-    if max_input_tokens is not None and shots > 0:
-        whole = heldout.load_suite(suite, mode=mode, shots=shots, split=split, data_dir=data_dir)
-        full_inputs = {ex.example_id: ex.inputs for exs in whole.values() for ex in exs}
-        dropped = sum(full_inputs[ex.example_id] != ex.inputs for ex in examples)
-
     label = f"{checkpoint + ' ' if checkpoint else ''}{suite} {mode} {shots}-shot {name}"
     progress = Progress(len(examples), label, stream=progress_stream) if show_progress else None
     cot = mode == "cot"
@@ -499,6 +477,49 @@ def evaluate(
         outcomes=outcomes,
     )
     return EvalResult(entry, records)
+
+
+def _check_method(method: str, mode: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
+    if method == "score" and mode != "direct":
+        raise ValueError(
+            "rank classification (method 'score') needs mode 'direct': a chain-of-thought "
+            "answer comes after generated reasoning, so use method 'generate' for mode 'cot'"
+        )
+
+
+def _load_examples(
+    suite: str,
+    mode: str,
+    shots: int,
+    split: str,
+    subsample: int | None,
+    data_dir: str | None,
+    max_input_tokens: int | None,
+    vocabulary: str,
+) -> tuple[dict, dict, list, int]:
+    """(every example by subtask, the subsample by subtask, the subsample's examples in
+    order, how many prompts lost exemplars to fit ``max_input_tokens``)."""
+    from flan_moe.data import heldout  # pure-Python held-out readers
+
+    loaded = heldout.load_suite(
+        suite,
+        mode=mode,
+        shots=shots,
+        split=split,
+        data_dir=data_dir,
+        max_input_tokens=max_input_tokens,
+        vocabulary=vocabulary,
+    )
+    chosen = select(loaded, subsample)
+    examples = [ex for exs in chosen.values() for ex in exs]
+    dropped = 0
+    if max_input_tokens is not None and shots > 0:
+        whole = heldout.load_suite(suite, mode=mode, shots=shots, split=split, data_dir=data_dir)
+        full_inputs = {ex.example_id: ex.inputs for exs in whole.values() for ex in exs}
+        dropped = sum(full_inputs[ex.example_id] != ex.inputs for ex in examples)
+    return loaded, chosen, examples, dropped
 
 
 def _run_metadata(
