@@ -21,11 +21,12 @@ import contextlib
 import logging
 import os
 import sys
+from typing import NoReturn
 
 NORMAL_EXIT_VARIABLE = "FLAN_MOE_NORMAL_EXIT"
 
 
-def exit_now(status: int | None) -> None:
+def exit_now(status: int | None) -> NoReturn:
     """Flush, then end the process with ``status`` (``sys.exit`` when asked not to)."""
     code = 0 if status is None else int(status)
     if os.environ.get(NORMAL_EXIT_VARIABLE, "") not in ("", "0"):

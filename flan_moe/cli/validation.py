@@ -380,4 +380,3 @@ def run_cli_and_exit(
     if ordinary_exit:
         sys.exit(code)
     exit_now(code)
-    raise AssertionError("unreachable")  # exit_now ends the process
